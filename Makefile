@@ -1,0 +1,76 @@
+# kaifang: plain `make` builds the C modules into build/lib; `make test` and `make demo` also
+# install the Debian packages they need first.
+LUA         ?= lua5.4
+LUA_PC      ?= lua5.4
+LUA_CFLAGS  ?= $(shell pkg-config --cflags $(LUA_PC) 2>/dev/null)
+CC          ?= cc
+CFLAGS      ?= -O2 -g
+WARN        := -Wall -Wextra -Werror
+KF_CFLAGS   := -std=c99 -D_POSIX_C_SOURCE=200809L -fPIC $(WARN) -Icsrc $(LUA_CFLAGS)
+LDSHARED    := -shared
+BUSTED      ?= $(LUA) /usr/bin/busted
+OUT         ?= build/lib
+
+CORE_SRC  := csrc/core.c csrc/sign.c csrc/crypto.c csrc/http.c
+CORE_HDR  := csrc/compat.h csrc/sign.h csrc/crypto.h csrc/http.h
+HTTPD_SRC := csrc/httpd.c
+CORE_SO   := $(OUT)/kaifang/core.so
+HTTPD_SO  := $(OUT)/kaifang/sandbox/httpd.so
+
+DEBIAN_PACKAGES := lua5.4 liblua5.4-dev libcurl4-openssl-dev libssl-dev lua-cjson lua-busted \
+                   lua-argparse libmicrohttpd-dev pkg-config gcc clang luarocks
+
+export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;
+export LUA_CPATH := $(CURDIR)/$(OUT)/?.so;;
+
+.PHONY: all deps test unit spec compilers rock demo bench clean
+
+all: $(CORE_SO) $(HTTPD_SO)
+
+$(CORE_SO): $(CORE_SRC) $(CORE_HDR)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(KF_CFLAGS) $(LDSHARED) -o $@ $(CORE_SRC) -lcurl -lcrypto
+
+$(HTTPD_SO): $(HTTPD_SRC) csrc/compat.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(KF_CFLAGS) $(LDSHARED) -o $@ $(HTTPD_SRC) -lmicrohttpd -lpthread
+
+# Installs only what is missing; needs root or sudo the first time.
+deps:
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+build/test_core: tests/test_core.c csrc/sign.c csrc/crypto.c csrc/http.c $(CORE_HDR)
+	@mkdir -p build
+	$(CC) $(CFLAGS) -std=c99 -D_POSIX_C_SOURCE=200809L $(WARN) -Icsrc -o $@ tests/test_core.c csrc/sign.c csrc/crypto.c csrc/http.c -lcurl -lcrypto
+
+unit: build/test_core
+	./build/test_core
+
+# Both compilers, warnings as errors, into a scratch directory.
+compilers:
+	$(MAKE) --no-print-directory CC=gcc OUT=build/gcc all
+	$(MAKE) --no-print-directory CC=clang OUT=build/clang all
+
+spec: all
+	$(BUSTED)
+
+# The rockspec must build with no network and no other rocks.
+rock:
+	luarocks --lua-version=5.4 make --deps-mode=none --tree=build/rocks kaifang-scm-1.rockspec >build/rock.log 2>&1 || { cat build/rock.log; exit 1; }
+	@echo "luarocks make: ok (build/rocks)"
+
+test: deps all compilers unit rock spec
+
+demo: deps all
+	$(LUA) examples/demo.lua
+
+bench: deps all
+	$(LUA) bench/sign.lua
+
+clean:
+	rm -rf build

@@ -1,0 +1,591 @@
+/* kaifang.core: the Lua binding of the signer, the crypto helpers and the libcurl transport. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "compat.h"
+#include "crypto.h"
+#include "http.h"
+#include "sign.h"
+
+#define SIGNER_MT "kaifang.signer"
+#define HTTP_MT "kaifang.http"
+#define MAX_STACK_PAIRS 32
+
+/* ---- values as the platforms write them ------------------------------------------------ */
+
+/* Returns the value at idx as bytes (numbers formatted into num); NULL for nil/null. Raises on
+ * a type a platform cannot receive. */
+static const char *param_value(lua_State *L, int idx, const char *key, const char *who, char *num, size_t *len) {
+  long long iv = 0;
+  switch (lua_type(L, idx)) {
+    case LUA_TSTRING:
+      return lua_tolstring(L, idx, len);
+    case LUA_TNUMBER:
+      *len = kf_isinteger(L, idx, &iv) ? kf_format_integer(iv, num) : kf_format_float(lua_tonumber(L, idx), num);
+      return num;
+    case LUA_TLIGHTUSERDATA:
+      if (lua_touserdata(L, idx) == NULL) { /* cjson.null */
+        *len = 0;
+        return NULL;
+      }
+      /* fallthrough */
+    default:
+      luaL_error(L, "%s: parameter '%s' must be a string or a number, not %s", who, key, luaL_typename(L, idx));
+      return NULL;
+  }
+}
+
+/* ---- signer ---------------------------------------------------------------------------- */
+
+static kf_scheme *check_signer(lua_State *L) {
+  return luaL_checkudata(L, 1, SIGNER_MT);
+}
+
+static int signer_gc(lua_State *L) {
+  kf_scheme_free(check_signer(L));
+  return 0;
+}
+
+static void copy_name(char *dst, const char *src, size_t cap, lua_State *L, const char *what) {
+  if (strlen(src) >= cap) luaL_error(L, "kaifang.core.signer: %s '%s' is too long", what, src);
+  strcpy(dst, src);
+}
+
+static int l_signer(lua_State *L) {
+  kf_scheme *s;
+  char err[KF_ERRLEN];
+  const char *digest, *joiner;
+  size_t n, i;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  s = kf_newuserdata(L, sizeof *s);
+  memset(s, 0, sizeof *s);
+  luaL_getmetatable(L, SIGNER_MT);
+  lua_setmetatable(L, -2);
+
+  lua_getfield(L, 1, "name");
+  copy_name(s->name, luaL_optstring(L, -1, "kaifang"), sizeof s->name, L, "name");
+  lua_getfield(L, 1, "digest");
+  digest = luaL_optstring(L, -1, "md5");
+  lua_getfield(L, 1, "joiner");
+  joiner = luaL_optlstring(L, -1, "", &n);
+  if (n >= sizeof s->joiner) return luaL_error(L, "kaifang.core.signer: joiner too long");
+  memcpy(s->joiner, joiner, n);
+  s->joiner_len = n;
+  lua_getfield(L, 1, "drop_empty");
+  s->drop_empty = lua_toboolean(L, -1);
+  lua_getfield(L, 1, "hmac");
+  s->hmac = lua_toboolean(L, -1);
+  lua_getfield(L, 1, "upper");
+  s->upper = lua_toboolean(L, -1);
+  lua_getfield(L, 1, "exclude");
+  if (!lua_isnil(L, -1)) {
+    luaL_checktype(L, -1, LUA_TTABLE);
+    n = kf_rawlen(L, -1);
+    if (n > KF_MAX_EXCLUDE) return luaL_error(L, "kaifang.core.signer: at most %d excluded keys", KF_MAX_EXCLUDE);
+    for (i = 1; i <= n; i++) {
+      lua_rawgeti(L, -1, (int)i);
+      copy_name(s->exclude[i - 1], luaL_checkstring(L, -1), KF_MAX_NAME, L, "excluded key");
+      lua_pop(L, 1);
+    }
+    s->nexclude = (int)n;
+  }
+  if (kf_scheme_init(s, digest, err) != 0) return luaL_error(L, "kaifang.core.signer: %s", err);
+  lua_settop(L, 2);
+  return 1;
+}
+
+/* signer:sign(params, secret) -> sign, string_to_sign */
+static int l_signer_sign(lua_State *L) {
+  kf_scheme *s = check_signer(L);
+  kf_pair stack_pairs[MAX_STACK_PAIRS], *pairs = stack_pairs;
+  size_t n = 0, cap = MAX_STACK_PAIRS, slen, i;
+  const char *secret;
+  char hex[2 * KF_MAX_DIGEST + 1], err[KF_ERRLEN], who[KF_MAX_NAME + 16];
+  luaL_Buffer b;
+  int hexlen;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  secret = luaL_checklstring(L, 3, &slen);
+  snprintf(who, sizeof who, "kaifang.%s", s->name);
+  lua_settop(L, 3);
+
+  lua_pushnil(L);
+  while (lua_next(L, 2)) {
+    kf_pair *p;
+    if (lua_type(L, -2) != LUA_TSTRING)
+      return luaL_error(L, "%s: parameter names must be strings, got %s", who, luaL_typename(L, -2));
+    if (n == cap) { /* past the common case: a userdata that the GC owns, so an error cannot leak it */
+      kf_pair *grown = kf_newuserdata(L, 2 * cap * sizeof *grown);
+      memcpy(grown, pairs, n * sizeof *pairs);
+      pairs = grown;
+      cap *= 2;
+      lua_insert(L, -3); /* below the key and value that lua_next needs on top */
+    }
+    p = &pairs[n];
+    p->key = lua_tolstring(L, -2, &p->klen);
+    if (kf_scheme_excludes(s, p->key, p->klen)) {
+      lua_pop(L, 1);
+      continue;
+    }
+    p->val = param_value(L, -1, p->key, who, p->num, &p->vlen);
+    p->val = p->val == p->num ? NULL : p->val ? p->val : "";
+    if (p->vlen > 0 || !s->drop_empty) n++;
+    lua_pop(L, 1);
+  }
+  kf_sort_pairs(pairs, n);
+
+  luaL_buffinit(L, &b);
+  for (i = 0; i < n; i++) {
+    if (i) luaL_addchar(&b, '&');
+    luaL_addlstring(&b, pairs[i].key, pairs[i].klen);
+    luaL_addchar(&b, '=');
+    luaL_addlstring(&b, kf_pair_value(&pairs[i]), pairs[i].vlen);
+  }
+  if (!s->hmac) {
+    luaL_addlstring(&b, s->joiner, s->joiner_len);
+    luaL_addlstring(&b, secret, slen);
+  }
+  luaL_pushresult(&b);
+  {
+    size_t len;
+    const char *sts = lua_tolstring(L, -1, &len);
+    hexlen = kf_scheme_digest(s, sts, len, secret, slen, hex, err);
+  }
+  if (hexlen < 0) return luaL_error(L, "%s: %s", who, err);
+  lua_pushlstring(L, hex, (size_t)hexlen);
+  lua_insert(L, -2);
+  return 2;
+}
+
+/* ---- digests and crypto ---------------------------------------------------------------- */
+
+static int push_digest(lua_State *L, const unsigned char *raw, int len, int fmt_idx) {
+  const char *fmt = luaL_optstring(L, fmt_idx, "hex");
+  char hex[2 * KF_MAX_DIGEST];
+  if (strcmp(fmt, "raw") == 0) {
+    lua_pushlstring(L, (const char *)raw, (size_t)len);
+  } else if (strcmp(fmt, "hex") == 0 || strcmp(fmt, "HEX") == 0) {
+    kf_hex(raw, (size_t)len, fmt[0] == 'H', hex);
+    lua_pushlstring(L, hex, 2 * (size_t)len);
+  } else {
+    return luaL_argerror(L, fmt_idx, "format must be 'hex', 'HEX' or 'raw'");
+  }
+  return 1;
+}
+
+static int l_digest(lua_State *L) {
+  size_t len;
+  const char *alg = luaL_checkstring(L, 1), *data = luaL_checklstring(L, 2, &len);
+  unsigned char out[KF_MAX_DIGEST];
+  char err[KF_ERRLEN];
+  int n = kf_digest(alg, 0, NULL, 0, data, len, out, err);
+  if (n < 0) return luaL_argerror(L, 1, err);
+  return push_digest(L, out, n, 3);
+}
+
+static int l_hmac(lua_State *L) {
+  size_t klen, len;
+  const char *alg = luaL_checkstring(L, 1), *key = luaL_checklstring(L, 2, &klen);
+  const char *data = luaL_checklstring(L, 3, &len);
+  unsigned char out[KF_MAX_DIGEST];
+  char err[KF_ERRLEN];
+  int n = kf_digest(alg, 1, key, klen, data, len, out, err);
+  if (n < 0) return luaL_argerror(L, 1, err);
+  return push_digest(L, out, n, 4);
+}
+
+static int aes(lua_State *L, int encrypt) {
+  size_t klen, len, ivlen = 0;
+  const char *key = luaL_checklstring(L, 1, &klen), *data = luaL_checklstring(L, 2, &len);
+  const char *mode = luaL_optstring(L, 3, "ecb"), *iv = luaL_optlstring(L, 4, NULL, &ivlen);
+  char err[KF_ERRLEN];
+  unsigned char *out = kf_newuserdata(L, len + 16);
+  long n = kf_aes(encrypt, mode, key, klen, iv, ivlen, data, len, out, err);
+  if (n < 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, err);
+    return 2;
+  }
+  lua_pushlstring(L, (const char *)out, (size_t)n);
+  return 1;
+}
+
+static int l_aes_encrypt(lua_State *L) { return aes(L, 1); }
+static int l_aes_decrypt(lua_State *L) { return aes(L, 0); }
+
+static int l_base64_encode(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  char *out = kf_newuserdata(L, 4 * ((len + 2) / 3) + 1);
+  size_t n = kf_base64_encode((const unsigned char *)s, len, out);
+  lua_pushlstring(L, out, n);
+  return 1;
+}
+
+static int l_base64_decode(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  unsigned char *out = kf_newuserdata(L, 3 * (len / 4) + 3);
+  long n = kf_base64_decode(s, len, out);
+  if (n < 0) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "malformed base64");
+    return 2;
+  }
+  lua_pushlstring(L, (const char *)out, (size_t)n);
+  return 1;
+}
+
+static int l_hex_encode(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  char *out = kf_newuserdata(L, 2 * len + 1);
+  kf_hex((const unsigned char *)s, len, lua_toboolean(L, 2), out);
+  lua_pushlstring(L, out, 2 * len);
+  return 1;
+}
+
+static int l_hex_decode(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  unsigned char *out = kf_newuserdata(L, len / 2 + 1);
+  long n = kf_unhex(s, len, out);
+  if (n < 0) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "malformed hex");
+    return 2;
+  }
+  lua_pushlstring(L, (const char *)out, (size_t)n);
+  return 1;
+}
+
+static int l_ct_equal(lua_State *L) {
+  size_t alen, blen;
+  const char *a = luaL_checklstring(L, 1, &alen), *b = luaL_checklstring(L, 2, &blen);
+  lua_pushboolean(L, kf_ct_equal(a, alen, b, blen));
+  return 1;
+}
+
+static int l_random_hex(lua_State *L) {
+  lua_Integer n = luaL_optinteger(L, 1, 16);
+  unsigned char raw[256];
+  char hex[512];
+  luaL_argcheck(L, n > 0 && n <= 256, 1, "between 1 and 256 bytes");
+  if (!kf_random(raw, (size_t)n)) {
+    char err[KF_ERRLEN];
+    kf_ssl_error(err, sizeof err, "RAND_bytes failed");
+    return luaL_error(L, "kaifang.core.random_hex: %s", err);
+  }
+  kf_hex(raw, (size_t)n, 0, hex);
+  lua_pushlstring(L, hex, 2 * (size_t)n);
+  return 1;
+}
+
+/* ---- encodings --------------------------------------------------------------------------- */
+
+static void add_encoded(luaL_Buffer *b, const char *s, size_t len) {
+  char chunk[3 * 256];
+  while (len > 0) {
+    size_t take = len < 256 ? len : 256;
+    luaL_addlstring(b, chunk, kf_url_encode(s, take, chunk));
+    s += take;
+    len -= take;
+  }
+}
+
+static int l_url_encode(lua_State *L) {
+  size_t len;
+  const char *s = luaL_checklstring(L, 1, &len);
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  add_encoded(&b, s, len);
+  luaL_pushresult(&b);
+  return 1;
+}
+
+/* core.form_encode(params): sorted keys, so the body is reproducible byte for byte. */
+static int l_form_encode(lua_State *L) {
+  size_t n = 0, i;
+  kf_pair *pairs;
+  luaL_Buffer b;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  lua_pushnil(L);
+  while (lua_next(L, 1)) {
+    n++;
+    lua_pop(L, 1);
+  }
+  pairs = kf_newuserdata(L, (n ? n : 1) * sizeof *pairs); /* slot 2 */
+  n = 0;
+  lua_pushnil(L);
+  while (lua_next(L, 1)) {
+    kf_pair *p = &pairs[n];
+    if (lua_type(L, -2) != LUA_TSTRING)
+      return luaL_error(L, "kaifang.core.form_encode: parameter names must be strings, got %s", luaL_typename(L, -2));
+    p->key = lua_tolstring(L, -2, &p->klen);
+    p->val = param_value(L, -1, p->key, "kaifang.core.form_encode", p->num, &p->vlen);
+    p->val = p->val == p->num ? NULL : p->val ? p->val : "";
+    n++;
+    lua_pop(L, 1);
+  }
+  kf_sort_pairs(pairs, n);
+  luaL_buffinit(L, &b);
+  for (i = 0; i < n; i++) {
+    if (i) luaL_addchar(&b, '&');
+    add_encoded(&b, pairs[i].key, pairs[i].klen);
+    luaL_addchar(&b, '=');
+    add_encoded(&b, kf_pair_value(&pairs[i]), pairs[i].vlen);
+  }
+  luaL_pushresult(&b);
+  return 1;
+}
+
+/* ---- clocks ------------------------------------------------------------------------------ */
+
+static int l_now(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+  return 1;
+}
+
+static int l_monotonic(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+  return 1;
+}
+
+/* ---- transport --------------------------------------------------------------------------- */
+
+static kf_http *check_http(lua_State *L) {
+  kf_http *h = luaL_checkudata(L, 1, HTTP_MT);
+  if (h->easy == NULL) luaL_argerror(L, 1, "kaifang.http session is closed");
+  return h;
+}
+
+static int http_gc(lua_State *L) {
+  kf_http_free(luaL_checkudata(L, 1, HTTP_MT));
+  return 0;
+}
+
+static long opt_ms(lua_State *L, int t, const char *field, long def) {
+  long ms = def;
+  lua_getfield(L, t, field);
+  if (!lua_isnil(L, -1)) {
+    lua_Number s = lua_tonumber(L, -1);
+    if (!lua_isnumber(L, -1) || s <= 0) luaL_error(L, "kaifang.http: '%s' must be a positive number of seconds", field);
+    ms = (long)(s * 1000 + 0.5);
+    if (ms < 1) ms = 1;
+  }
+  lua_pop(L, 1);
+  return ms;
+}
+
+static const char *opt_str(lua_State *L, int t, const char *field) {
+  const char *s;
+  lua_getfield(L, t, field);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return NULL;
+  }
+  if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "kaifang.http: '%s' must be a string", field);
+  s = lua_tostring(L, -1);
+  lua_pop(L, 1); /* still referenced by the options table until the call returns */
+  return s;
+}
+
+/* core.http{ connect_timeout=, timeout=, ssl_verify=, cainfo=, capath=, proxy=, user_agent=, max_body= } */
+static int l_http(lua_State *L) {
+  kf_http_opts o;
+  kf_http *h;
+  char err[128];
+  if (lua_isnoneornil(L, 1)) {
+    lua_settop(L, 0);
+    lua_newtable(L);
+  }
+  luaL_checktype(L, 1, LUA_TTABLE);
+  memset(&o, 0, sizeof o);
+  o.connect_timeout_ms = opt_ms(L, 1, "connect_timeout", 5000);
+  o.timeout_ms = opt_ms(L, 1, "timeout", 15000);
+  lua_getfield(L, 1, "ssl_verify");
+  o.ssl_verify = lua_isnil(L, -1) ? 1 : lua_toboolean(L, -1);
+  lua_getfield(L, 1, "max_body");
+  o.max_body = (size_t)luaL_optnumber(L, -1, 0);
+  lua_pop(L, 2);
+  o.cainfo = opt_str(L, 1, "cainfo");
+  o.capath = opt_str(L, 1, "capath");
+  o.proxy = opt_str(L, 1, "proxy");
+  o.user_agent = opt_str(L, 1, "user_agent");
+  h = kf_newuserdata(L, sizeof *h);
+  memset(h, 0, sizeof *h);
+  luaL_getmetatable(L, HTTP_MT);
+  lua_setmetatable(L, -2);
+  if (kf_http_init(h, &o, err, sizeof err) != 0) return luaL_error(L, "kaifang.http: %s", err);
+  return 1;
+}
+
+static void add_header(lua_State *L, kf_http *h, const char *name, size_t nlen, const char *value, size_t vlen) {
+  char line[4096];
+  if (nlen + vlen + 3 > sizeof line || memchr(name, '\n', nlen) || memchr(name, '\r', nlen) ||
+      memchr(value, '\n', vlen) || memchr(value, '\r', vlen) || memchr(name, ':', nlen))
+    luaL_error(L, "kaifang.http: bad request header '%s'", name);
+  memcpy(line, name, nlen);
+  memcpy(line + nlen, ": ", 2);
+  memcpy(line + nlen + 2, value, vlen);
+  line[nlen + 2 + vlen] = '\0';
+  if (kf_http_add_header(h, line) != 0) luaL_error(L, "kaifang.http: out of memory");
+}
+
+/* Lower-cased names; a repeated header's values are joined with ", ". */
+static void push_headers(lua_State *L, const kf_buf *head) {
+  const char *p = head->data, *end = head->data + head->len;
+  lua_newtable(L);
+  if (p == NULL) return;
+  while (p < end) {
+    const char *eol = memchr(p, '\n', (size_t)(end - p)), *colon;
+    if (eol == NULL) eol = end;
+    colon = memchr(p, ':', (size_t)(eol - p));
+    if (colon && strncmp(p, "HTTP/", 5) != 0) {
+      char name[256];
+      size_t nlen = (size_t)(colon - p), i;
+      const char *v = colon + 1, *vend = eol;
+      while (v < vend && (*v == ' ' || *v == '\t')) v++;
+      while (vend > v && (vend[-1] == '\r' || vend[-1] == ' ' || vend[-1] == '\t')) vend--;
+      if (nlen < sizeof name) {
+        for (i = 0; i < nlen; i++) name[i] = (char)((p[i] >= 'A' && p[i] <= 'Z') ? p[i] + 32 : p[i]);
+        lua_pushlstring(L, name, nlen);
+        lua_pushvalue(L, -1);
+        lua_rawget(L, -3);
+        if (lua_isnil(L, -1)) {
+          lua_pop(L, 1);
+          lua_pushlstring(L, v, (size_t)(vend - v));
+        } else {
+          lua_pushliteral(L, ", ");
+          lua_pushlstring(L, v, (size_t)(vend - v));
+          lua_concat(L, 3);
+        }
+        lua_rawset(L, -3);
+      }
+    }
+    p = eol + 1;
+  }
+}
+
+static int transport_error(lua_State *L, const kf_result *r) {
+  int timeout = r->code == CURLE_OPERATION_TIMEDOUT;
+  /* only a connection that was never made is safe to repeat */
+  int never_connected = !r->connected && (r->code == CURLE_COULDNT_CONNECT || r->code == CURLE_COULDNT_RESOLVE_HOST ||
+                                          r->code == CURLE_COULDNT_RESOLVE_PROXY || timeout);
+  lua_pushnil(L);
+  lua_createtable(L, 0, 5);
+  lua_pushstring(L, timeout ? "timeout" : "transport");
+  lua_setfield(L, -2, "kind");
+  lua_pushinteger(L, (lua_Integer)r->code);
+  lua_setfield(L, -2, "code");
+  lua_pushstring(L, r->message);
+  lua_setfield(L, -2, "message");
+  lua_pushboolean(L, r->maybe_sent);
+  lua_setfield(L, -2, "maybe_sent");
+  lua_pushboolean(L, never_connected);
+  lua_setfield(L, -2, "retryable");
+  return 2;
+}
+
+/* session:request{ method=, url=, headers=, body=, timeout= } -> res | nil, err */
+static int l_http_request(lua_State *L) {
+  kf_http *h = check_http(L);
+  const char *method, *url, *body;
+  size_t bodylen = 0;
+  long timeout_ms;
+  kf_result r;
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  lua_getfield(L, 2, "method");
+  method = luaL_optstring(L, 3, "GET");
+  lua_getfield(L, 2, "url");
+  if (lua_type(L, 4) != LUA_TSTRING) return luaL_error(L, "kaifang.http: request needs a 'url' string");
+  url = lua_tostring(L, 4);
+  lua_getfield(L, 2, "body");
+  body = luaL_optlstring(L, 5, NULL, &bodylen);
+  timeout_ms = opt_ms(L, 2, "timeout", 0);
+  lua_getfield(L, 2, "headers"); /* 6 */
+  if (h->req_headers) { /* left over from a request whose header building raised */
+    curl_slist_free_all(h->req_headers);
+    h->req_headers = NULL;
+  }
+  if (!lua_isnil(L, 6)) {
+    luaL_checktype(L, 6, LUA_TTABLE);
+    lua_pushnil(L);
+    while (lua_next(L, 6)) {
+      size_t nlen, vlen;
+      const char *name, *value;
+      if (lua_type(L, -2) != LUA_TSTRING || (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER))
+        return luaL_error(L, "kaifang.http: headers must map names to strings");
+      name = lua_tolstring(L, -2, &nlen);
+      lua_pushvalue(L, -1); /* tolstring on a number must not touch the slot lua_next reads */
+      value = lua_tolstring(L, -1, &vlen);
+      add_header(L, h, name, nlen, value, vlen);
+      lua_pop(L, 2);
+    }
+  }
+  kf_http_perform(h, method, url, body, bodylen, timeout_ms, &r);
+  if (r.code != CURLE_OK) return transport_error(L, &r);
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, r.status);
+  lua_setfield(L, -2, "status");
+  push_headers(L, &h->head);
+  lua_setfield(L, -2, "headers");
+  lua_pushlstring(L, h->body.data ? h->body.data : "", h->body.len);
+  lua_setfield(L, -2, "body");
+  return 1;
+}
+
+static int l_http_close(lua_State *L) {
+  kf_http_free(luaL_checkudata(L, 1, HTTP_MT));
+  return 0;
+}
+
+static int l_http_tostring(lua_State *L) {
+  kf_http *h = luaL_checkudata(L, 1, HTTP_MT);
+  lua_pushfstring(L, "kaifang.http (%s)", h->easy ? "open" : "closed");
+  return 1;
+}
+
+/* ---- module ------------------------------------------------------------------------------ */
+
+static const luaL_Reg signer_methods[] = {{"sign", l_signer_sign}, {NULL, NULL}};
+static const luaL_Reg http_methods[] = {{"request", l_http_request}, {"close", l_http_close}, {NULL, NULL}};
+
+static const luaL_Reg functions[] = {
+    {"signer", l_signer},           {"digest", l_digest},
+    {"hmac", l_hmac},               {"aes_encrypt", l_aes_encrypt},
+    {"aes_decrypt", l_aes_decrypt}, {"base64_encode", l_base64_encode},
+    {"base64_decode", l_base64_decode}, {"hex_encode", l_hex_encode},
+    {"hex_decode", l_hex_decode},   {"ct_equal", l_ct_equal},
+    {"random_hex", l_random_hex},   {"url_encode", l_url_encode},
+    {"form_encode", l_form_encode}, {"http", l_http},
+    {"now", l_now},                 {"monotonic", l_monotonic},
+    {NULL, NULL}};
+
+int luaopen_kaifang_core(lua_State *L) {
+  /* refcounted inside libcurl; called before any handle exists */
+  if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) return luaL_error(L, "kaifang.core: curl_global_init failed");
+  kf_newclass(L, SIGNER_MT, signer_methods, signer_gc);
+  luaL_getmetatable(L, SIGNER_MT);
+  lua_pushcfunction(L, l_signer_sign);
+  lua_setfield(L, -2, "__call");
+  lua_pop(L, 1);
+  kf_newclass(L, HTTP_MT, http_methods, http_gc);
+  luaL_getmetatable(L, HTTP_MT);
+  lua_pushcfunction(L, l_http_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pop(L, 1);
+  kf_newlib(L, functions);
+  lua_pushliteral(L, "0.1.0");
+  lua_setfield(L, -2, "version");
+  lua_pushstring(L, curl_version());
+  lua_setfield(L, -2, "curl_version");
+  return 1;
+}

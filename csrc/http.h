@@ -1,0 +1,56 @@
+/* One kept-alive libcurl easy handle: a blocking request, with timeouts and TLS checks by
+ * default. No Lua here, so no Lua code can run inside a libcurl callback. */
+#ifndef KAIFANG_HTTP_H
+#define KAIFANG_HTTP_H
+
+#include <stddef.h>
+
+#include <curl/curl.h>
+
+typedef struct kf_buf {
+  char *data;
+  size_t len, cap;
+} kf_buf;
+
+typedef struct kf_http_opts {
+  long connect_timeout_ms;  /* default 5000 */
+  long timeout_ms;          /* default 15000 */
+  int ssl_verify;           /* default 1 */
+  const char *cainfo;       /* CA bundle file, or NULL for the system's */
+  const char *capath;
+  const char *proxy;        /* "http://host:port", or NULL for none (env vars are ignored) */
+  const char *user_agent;
+  size_t max_body;          /* default 64 MiB */
+} kf_http_opts;
+
+typedef struct kf_http {
+  CURL *easy;
+  struct curl_slist *req_headers;
+  kf_buf body, head;
+  size_t max_body;
+  long connect_timeout_ms, timeout_ms;
+  char errbuf[CURL_ERROR_SIZE];
+} kf_http;
+
+typedef struct kf_result {
+  CURLcode code;
+  long status;
+  int maybe_sent;           /* the request may have reached the server */
+  int connected;            /* a connection was made */
+  const char *message;      /* curl's explanation, on failure */
+} kf_result;
+
+int kf_http_init(kf_http *h, const kf_http_opts *o, char *err, size_t errlen);
+void kf_http_free(kf_http *h);
+
+/* Adds a request header ("Name: value"); returns 0 or -1 when out of memory. */
+int kf_http_add_header(kf_http *h, const char *line);
+/* Performs the request with the headers added since the last call; timeout_ms <= 0 means the
+ * session's default. The response body and raw headers are in h->body and h->head. */
+void kf_http_perform(kf_http *h, const char *method, const char *url, const char *body, size_t bodylen,
+                     long timeout_ms, kf_result *r);
+
+/* Percent-encodes everything but RFC 3986's unreserved characters. out holds 3 * len bytes. */
+size_t kf_url_encode(const char *in, size_t len, char *out);
+
+#endif
