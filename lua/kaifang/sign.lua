@@ -1,0 +1,50 @@
+-- The platforms' signature schemes over the one canonical-string signer in the C core.
+local core = require "kaifang.core"
+
+local M = {}
+
+-- Where the platforms differ; everything else (byte-order sort, k=v joined by &, UTF-8 values
+-- unencoded, integers without a decimal point) is the same for all.
+M.schemes = {
+  lingdian = { exclude = { "sign", "sign_type", "key", "developer_key" }, drop_empty = true, joiner = "", digest = "md5" },
+  yopoint = { exclude = { "sign" }, drop_empty = false, joiner = "&", digest = "md5" },
+  dakashi = { exclude = { "sign" }, drop_empty = true, joiner = "", digest = "sha1", upper = true },
+}
+
+local signers = {}
+
+-- The core signer for a scheme name, or for a table describing a scheme of your own.
+function M.signer(scheme)
+  if type(scheme) == "table" then return core.signer(scheme) end
+  local s = signers[scheme]
+  if not s then
+    local def = M.schemes[scheme]
+    if not def then error("kaifang.sign: unknown scheme '" .. tostring(scheme) .. "'", 2) end
+    local spec = { name = scheme }
+    for k, v in pairs(def) do spec[k] = v end
+    s = core.signer(spec)
+    signers[scheme] = s
+  end
+  return s
+end
+
+for name in pairs(M.schemes) do
+  -- kaifang.sign.<name>(params, secret) -> sign, string_to_sign
+  M[name] = function(params, secret)
+    if type(params) ~= "table" then error("kaifang.sign." .. name .. ": params must be a table", 2) end
+    if type(secret) ~= "string" or secret == "" then
+      error("kaifang.sign." .. name .. ": the secret must be a non-empty string", 2)
+    end
+    return M.signer(name):sign(params, secret)
+  end
+end
+
+-- The string-to-sign with the secret hidden, for logs and for `kaifang sign`.
+function M.mask(string_to_sign, secret)
+  if not secret or secret == "" then return string_to_sign end
+  local from, to = string_to_sign:find(secret, 1, true)
+  if not from then return string_to_sign end
+  return string_to_sign:sub(1, from - 1) .. "<secret>" .. string_to_sign:sub(to + 1)
+end
+
+return M
