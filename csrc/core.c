@@ -240,8 +240,9 @@ static int l_base64_decode(lua_State *L) {
 static int l_hex_encode(lua_State *L) {
   size_t len;
   const char *s = luaL_checklstring(L, 1, &len);
+  int upper = lua_toboolean(L, 2); /* read before the buffer takes slot 2 */
   char *out = kf_newuserdata(L, 2 * len + 1);
-  kf_hex((const unsigned char *)s, len, lua_toboolean(L, 2), out);
+  kf_hex((const unsigned char *)s, len, upper, out);
   lua_pushlstring(L, out, 2 * len);
   return 1;
 }

@@ -123,7 +123,9 @@ function M.new(Class, opts, fields)
   return self
 end
 
-function Base:secret()
+-- The client's secret, for its own platform module only: not a method, so it is not reachable
+-- from the client object.
+function M.secret(self)
   return secrets[self]
 end
 

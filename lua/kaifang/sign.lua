@@ -42,9 +42,9 @@ end
 -- The string-to-sign with the secret hidden, for logs and for `kaifang sign`.
 function M.mask(string_to_sign, secret)
   if not secret or secret == "" then return string_to_sign end
-  local from, to = string_to_sign:find(secret, 1, true)
+  local from = string_to_sign:find(secret, 1, true)
   if not from then return string_to_sign end
-  return string_to_sign:sub(1, from - 1) .. "<secret>" .. string_to_sign:sub(to + 1)
+  return (string_to_sign:gsub(secret:gsub("%W", "%%%0"), "<secret>")) -- every occurrence, not just the first
 end
 
 return M

@@ -1,0 +1,209 @@
+-- Misuse raises, and the error points at the caller's line (not at kaifang's own files).
+-- Nothing here reaches the network: the transport is a fake that records what it is given.
+local lingdian = require "kaifang.lingdian"
+
+local SPEC = "client_spec.lua"
+
+-- A transport that fails the test if a misused call gets as far as sending.
+local function recorder()
+  local t = { sent = {} }
+  function t:request(req)
+    self.sent[#self.sent + 1] = req
+    return { status = 200, headers = {}, body = '{"code":100,"message":"ok","data":[]}' }
+  end
+  return t
+end
+
+local function new_client(t)
+  return lingdian.new{ developer_code = "U2QHNB2w=", developer_key = "744ed968e7e1a4aebafa6f4888fced68",
+                       transport = t or recorder() }
+end
+
+-- here() notes the line it is called on; fn calls here() and the misused function on one line.
+local noted_line
+local function here()
+  noted_line = debug.getinfo(2, "l").currentline
+  return noted_line
+end
+
+-- Runs fn, checks that it raised with the position of the line fn noted; returns the message.
+local function raises_at_line(fn)
+  noted_line = nil
+  local ok, err = pcall(fn)
+  assert.is_false(ok, "did not raise")
+  err = tostring(err)
+  assert.is_number(noted_line, "the test did not note its line")
+  local where = SPEC .. ":" .. noted_line .. ":"
+  assert.is_truthy(err:find(where, 1, true), "expected the error at " .. where .. " got: " .. err)
+  assert.is_nil(err:find("kaifang/client.lua", 1, true), err)
+  assert.is_nil(err:find("kaifang/lingdian.lua", 1, true), err)
+  return err
+end
+
+describe("kaifang.lingdian argument checks", function()
+  local t, c
+  before_each(function()
+    t = recorder()
+    c = new_client(t)
+  end)
+  after_each(function()
+    assert.are.equal(0, #t.sent, "a misused call was sent")
+  end)
+
+  it("raises on a missing required parameter", function()
+    local err = raises_at_line(function() here(); c:get_user_tel_by_code{} end)
+    assert.matches("'user_code'", err)
+    assert.matches("missing", err)
+    assert.matches("^[^\n]*kaifang%.lingdian", err)
+  end)
+
+  it("raises on an empty required parameter and on no argument table at all", function()
+    local err = raises_at_line(function() here(); c:get_user_tel_by_code{ user_code = "" } end)
+    assert.matches("'user_code'", err)
+    err = raises_at_line(function() here(); c:get_user_tel_by_code() end)
+    assert.matches("'user_code'", err)
+  end)
+
+  it("raises on a wrong type (a table for tel)", function()
+    local err = raises_at_line(function()
+      here(); c:send_wechat_message{ tel = { "13311112222" }, content = "hi", link = "https://x.cn" }
+    end)
+    assert.matches("'tel'", err)
+    assert.matches("table", err)
+  end)
+
+  it("raises on a boolean for a text parameter", function()
+    local err = raises_at_line(function() here(); c:get_user_tel_by_code{ user_code = true } end)
+    assert.matches("'user_code'", err)
+  end)
+
+  it("raises on an unknown parameter (a typo next to the right ones)", function()
+    local err = raises_at_line(function()
+      here(); c:send_wechat_message{ tel = "13311112222", phone = "13311112222", content = "hi", link = "https://x.cn" }
+    end)
+    assert.matches("unknown parameter 'phone'", err)
+  end)
+
+  it("raises on a typo in place of a required parameter (phone for tel)", function()
+    local err = raises_at_line(function()
+      here(); c:send_wechat_message{ phone = "13311112222", content = "hi", link = "https://x.cn" }
+    end)
+    -- either complaint points the caller at the mistake
+    assert.is_truthy(err:find("'tel'", 1, true) or err:find("'phone'", 1, true), err)
+  end)
+
+  it("raises on order_type 9", function()
+    local err = raises_at_line(function()
+      here(); c:outer_entry_order{ shop_code = "U2TD844B2", order_type = 9, daily_number = 1 }
+    end)
+    assert.matches("order_type", err)
+  end)
+
+  it("raises on a non-integer order_type or daily_number", function()
+    local err = raises_at_line(function()
+      here(); c:outer_entry_order{ shop_code = "U2TD844B2", order_type = 1.5, daily_number = 1 }
+    end)
+    assert.matches("order_type", err)
+    err = raises_at_line(function()
+      here(); c:outer_entry_order{ shop_code = "U2TD844B2", order_type = "2", daily_number = "one" }
+    end)
+    assert.matches("daily_number", err)
+  end)
+
+  it("raises when a method is called with . instead of :", function()
+    local err = raises_at_line(function() here(); c.get_user_tel_by_code{ user_code = "U2TD844B2" } end)
+    assert.matches("client:get_user_tel_by_code", err)
+  end)
+
+  it("raises when the argument is not a table", function()
+    local err = raises_at_line(function() here(); c:get_user_tel_by_code("U2TD844B2") end)
+    assert.matches("table", err)
+  end)
+end)
+
+describe("kaifang.lingdian well-formed calls", function()
+  it("accepts every order_type from 1 to 5, as a number or a string of digits", function()
+    local t = recorder()
+    local c = new_client(t)
+    for i = 1, 5 do
+      assert(c:outer_entry_order{ shop_code = "U2TD844B2", order_type = i, daily_number = i })
+      assert(c:outer_entry_order{ shop_code = "U2TD844B2", order_type = tostring(i), daily_number = "1" })
+    end
+    assert.are.equal(10, #t.sent)
+  end)
+
+  it("accepts a number for a text parameter", function()
+    local t = recorder()
+    local c = new_client(t)
+    assert(c:send_wechat_message{ tel = 13311112222, content = "hi", link = "https://x.cn" })
+    assert.are.equal(1, #t.sent)
+    assert.matches("tel=13311112222&", t.sent[1].body)
+  end)
+end)
+
+describe("kaifang.lingdian.new", function()
+  local good = { developer_code = "U2QHNB2w=", developer_key = "744ed968e7e1a4aebafa6f4888fced68" }
+  local function with(changes)
+    local o = {}
+    for k, v in pairs(good) do o[k] = v end
+    for k, v in pairs(changes) do o[k] = v end
+    return o
+  end
+
+  it("builds a client from good options (the checks below are not refusing everything)", function()
+    local c = lingdian.new(with{ base_url = "http://127.0.0.1:1/", timeout = 2 })
+    assert.are.equal("http://127.0.0.1:1", c.base_url)
+    assert.are.equal(2, c.timeout)
+    c:close()
+    c = lingdian.new(good)
+    assert.are.equal("https://www.0xiao.com", c.base_url)
+    c:close()
+  end)
+
+  it("raises on a missing or empty developer_code", function()
+    local err = raises_at_line(function() here(); lingdian.new(with{ developer_code = false }) end)
+    assert.matches("developer_code", err)
+    local o = with{}
+    o.developer_code = nil
+    err = raises_at_line(function() here(); lingdian.new(o) end)
+    assert.matches("developer_code", err)
+    err = raises_at_line(function() here(); lingdian.new(with{ developer_code = "" }) end)
+    assert.matches("developer_code", err)
+  end)
+
+  it("raises on a missing or empty developer_key, without echoing a key", function()
+    local o = with{}
+    o.developer_key = nil
+    local err = raises_at_line(function() here(); lingdian.new(o) end)
+    assert.matches("developer_key", err)
+    err = raises_at_line(function() here(); lingdian.new(with{ developer_key = "" }) end)
+    assert.matches("developer_key", err)
+    err = raises_at_line(function() here(); lingdian.new(with{ developer_key = 12345 }) end)
+    assert.matches("developer_key", err)
+    assert.is_nil(err:find("12345", 1, true))
+  end)
+
+  it("raises on a bad base_url", function()
+    for _, bad in ipairs({ "www.0xiao.com", "ftp://www.0xiao.com", "http://", "https:///x", 42 }) do
+      local err = raises_at_line(function() here(); lingdian.new(with{ base_url = bad }) end)
+      assert.matches("base_url", err)
+    end
+  end)
+
+  it("raises on a negative, zero or non-numeric timeout", function()
+    for _, bad in ipairs({ -1, 0, "15" }) do
+      local err = raises_at_line(function() here(); lingdian.new(with{ timeout = bad }) end)
+      assert.matches("timeout", err)
+    end
+    local err = raises_at_line(function() here(); lingdian.new(with{ connect_timeout = -2 }) end)
+    assert.matches("connect_timeout", err)
+  end)
+
+  it("raises on options that are not a table, a bad clock or a bad transport", function()
+    raises_at_line(function() here(); lingdian.new("U2QHNB2w=") end)
+    local err = raises_at_line(function() here(); lingdian.new(with{ clock = 5 }) end)
+    assert.matches("clock", err)
+    err = raises_at_line(function() here(); lingdian.new(with{ transport = {} }) end)
+    assert.matches("transport", err)
+  end)
+end)
