@@ -153,6 +153,26 @@ function Base:send(ep, req)
   return res
 end
 
+local tointeger = math.tointeger or function(x) return x end
+
+-- cjson reads every JSON number as a float; codes and ids are integers (104, not 104.0).
+local function integers(v)
+  if type(v) == "number" then
+    return v == math.floor(v) and v >= -2^53 and v <= 2^53 and tointeger(v) or v
+  elseif type(v) == "table" then
+    for k, x in pairs(v) do
+      if type(x) == "number" or type(x) == "table" then v[k] = integers(x) end
+    end
+  end
+  return v
+end
+
+function M.json_decode(text)
+  local v, err = cjson.decode(text)
+  if v == nil then return nil, err end
+  return integers(v)
+end
+
 -- The reply as a JSON object, or nil, err for an HTTP failure or a body that is not one.
 function Base:decode(ep, res)
   if res.status < 200 or res.status > 299 then
@@ -161,7 +181,7 @@ function Base:decode(ep, res)
       message = (res.body or ""):sub(1, 200), maybe_sent = ep.acts, retryable = not ep.acts,
     }
   end
-  local doc = cjson.decode(res.body)
+  local doc = M.json_decode(res.body)
   if type(doc) ~= "table" then
     return nil, self:error{
       kind = "decode", http_status = res.status, message = "reply is not a JSON object: " .. (res.body or ""):sub(1, 100),
