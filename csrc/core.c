@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "compat.h"
 #include "crypto.h"
@@ -11,6 +12,7 @@
 
 #define SIGNER_MT "kaifang.signer"
 #define HTTP_MT "kaifang.http"
+#define MULTI_MT "kaifang.multi"
 #define MAX_STACK_PAIRS 32
 
 /* ---- values as the platforms write them ------------------------------------------------ */
@@ -351,6 +353,22 @@ static int l_now(lua_State *L) {
   return 1;
 }
 
+static int l_sleep(lua_State *L) {
+  lua_Number secs = luaL_checknumber(L, 1);
+  struct timespec ts;
+  if (secs <= 0) return 0;
+  ts.tv_sec = (time_t)secs;
+  ts.tv_nsec = (long)((secs - (lua_Number)ts.tv_sec) * 1e9);
+  while (nanosleep(&ts, &ts) != 0) {
+  }
+  return 0;
+}
+
+static int l_isatty(lua_State *L) {
+  lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
+  return 1;
+}
+
 static int l_monotonic(lua_State *L) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -397,28 +415,35 @@ static const char *opt_str(lua_State *L, int t, const char *field) {
   return s;
 }
 
-/* core.http{ connect_timeout=, timeout=, ssl_verify=, cainfo=, capath=, proxy=, user_agent=, max_body= } */
-static int l_http(lua_State *L) {
-  kf_http_opts o;
-  kf_http *h;
-  char err[128];
+/* Options shared by a session and a batch: connect_timeout=, timeout=, ssl_verify=, cainfo=,
+ * capath=, proxy=, user_agent=, max_body=. Strings stay owned by the options table. */
+static int read_http_opts(lua_State *L, kf_http_opts *o) {
   if (lua_isnoneornil(L, 1)) {
     lua_settop(L, 0);
     lua_newtable(L);
   }
   luaL_checktype(L, 1, LUA_TTABLE);
-  memset(&o, 0, sizeof o);
-  o.connect_timeout_ms = opt_ms(L, 1, "connect_timeout", 5000);
-  o.timeout_ms = opt_ms(L, 1, "timeout", 15000);
+  memset(o, 0, sizeof *o);
+  o->connect_timeout_ms = opt_ms(L, 1, "connect_timeout", 5000);
+  o->timeout_ms = opt_ms(L, 1, "timeout", 15000);
   lua_getfield(L, 1, "ssl_verify");
-  o.ssl_verify = lua_isnil(L, -1) ? 1 : lua_toboolean(L, -1);
+  o->ssl_verify = lua_isnil(L, -1) ? 1 : lua_toboolean(L, -1);
   lua_getfield(L, 1, "max_body");
-  o.max_body = (size_t)luaL_optnumber(L, -1, 0);
+  o->max_body = (size_t)luaL_optnumber(L, -1, 0);
   lua_pop(L, 2);
-  o.cainfo = opt_str(L, 1, "cainfo");
-  o.capath = opt_str(L, 1, "capath");
-  o.proxy = opt_str(L, 1, "proxy");
-  o.user_agent = opt_str(L, 1, "user_agent");
+  o->cainfo = opt_str(L, 1, "cainfo");
+  o->capath = opt_str(L, 1, "capath");
+  o->proxy = opt_str(L, 1, "proxy");
+  o->user_agent = opt_str(L, 1, "user_agent");
+  return 0;
+}
+
+/* core.http{ ...options } -> session */
+static int l_http(lua_State *L) {
+  kf_http_opts o;
+  kf_http *h;
+  char err[128];
+  read_http_opts(L, &o);
   h = kf_newuserdata(L, sizeof *h);
   memset(h, 0, sizeof *h);
   luaL_getmetatable(L, HTTP_MT);
@@ -494,36 +519,35 @@ static int transport_error(lua_State *L, const kf_result *r) {
   return 2;
 }
 
-/* session:request{ method=, url=, headers=, body=, timeout= } -> res | nil, err */
-static int l_http_request(lua_State *L) {
-  kf_http *h = check_http(L);
+/* Reads a request table { method=, url=, headers=, body=, timeout= } into h, ready to transfer. */
+static void prepare_request(lua_State *L, kf_http *h, int idx) {
   const char *method, *url, *body;
   size_t bodylen = 0;
   long timeout_ms;
-  kf_result r;
-  luaL_checktype(L, 2, LUA_TTABLE);
-  lua_settop(L, 2);
-  lua_getfield(L, 2, "method");
-  method = luaL_optstring(L, 3, "GET");
-  lua_getfield(L, 2, "url");
-  if (lua_type(L, 4) != LUA_TSTRING) return luaL_error(L, "kaifang.http: request needs a 'url' string");
-  url = lua_tostring(L, 4);
-  lua_getfield(L, 2, "body");
-  body = luaL_optlstring(L, 5, NULL, &bodylen);
-  timeout_ms = opt_ms(L, 2, "timeout", 0);
-  lua_getfield(L, 2, "headers"); /* 6 */
+  int top = lua_gettop(L);
+  luaL_checktype(L, idx, LUA_TTABLE);
+  lua_getfield(L, idx, "method");
+  method = luaL_optstring(L, -1, "GET");
+  lua_getfield(L, idx, "url");
+  if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "kaifang.http: request needs a 'url' string");
+  url = lua_tostring(L, -1);
+  lua_getfield(L, idx, "body");
+  body = luaL_optlstring(L, -1, NULL, &bodylen);
+  timeout_ms = opt_ms(L, idx, "timeout", 0);
+  lua_getfield(L, idx, "headers");
   if (h->req_headers) { /* left over from a request whose header building raised */
     curl_slist_free_all(h->req_headers);
     h->req_headers = NULL;
   }
-  if (!lua_isnil(L, 6)) {
-    luaL_checktype(L, 6, LUA_TTABLE);
+  if (!lua_isnil(L, -1)) {
+    int t = lua_gettop(L);
+    luaL_checktype(L, t, LUA_TTABLE);
     lua_pushnil(L);
-    while (lua_next(L, 6)) {
+    while (lua_next(L, t)) {
       size_t nlen, vlen;
       const char *name, *value;
       if (lua_type(L, -2) != LUA_TSTRING || (lua_type(L, -1) != LUA_TSTRING && lua_type(L, -1) != LUA_TNUMBER))
-        return luaL_error(L, "kaifang.http: headers must map names to strings");
+        luaL_error(L, "kaifang.http: headers must map names to strings");
       name = lua_tolstring(L, -2, &nlen);
       lua_pushvalue(L, -1); /* tolstring on a number must not touch the slot lua_next reads */
       value = lua_tolstring(L, -1, &vlen);
@@ -531,16 +555,30 @@ static int l_http_request(lua_State *L) {
       lua_pop(L, 2);
     }
   }
-  kf_http_perform(h, method, url, body, bodylen, timeout_ms, &r);
-  if (r.code != CURLE_OK) return transport_error(L, &r);
+  kf_http_prepare(h, method, url, body, bodylen, timeout_ms);
+  lua_settop(L, top);
+}
+
+/* res | nil, err for a finished transfer */
+static int push_result(lua_State *L, kf_http *h, const kf_result *r) {
+  if (r->code != CURLE_OK) return transport_error(L, r);
   lua_createtable(L, 0, 3);
-  lua_pushinteger(L, r.status);
+  lua_pushinteger(L, r->status);
   lua_setfield(L, -2, "status");
   push_headers(L, &h->head);
   lua_setfield(L, -2, "headers");
   lua_pushlstring(L, h->body.data ? h->body.data : "", h->body.len);
   lua_setfield(L, -2, "body");
   return 1;
+}
+
+/* session:request{ method=, url=, headers=, body=, timeout= } -> res | nil, err */
+static int l_http_request(lua_State *L) {
+  kf_http *h = check_http(L);
+  kf_result r;
+  prepare_request(L, h, 2);
+  kf_http_finish(h, curl_easy_perform(h->easy), &r);
+  return push_result(L, h, &r);
 }
 
 static int l_http_close(lua_State *L) {
@@ -554,10 +592,107 @@ static int l_http_tostring(lua_State *L) {
   return 1;
 }
 
+/* ---- batch transport: many transfers on one libcurl multi handle ------------------------- */
+
+typedef struct lmulti {
+  kf_multi m;
+  int *idle, nidle; /* free slots */
+} lmulti;
+
+static lmulti *check_multi(lua_State *L) {
+  lmulti *b = luaL_checkudata(L, 1, MULTI_MT);
+  if (b->m.multi == NULL) luaL_argerror(L, 1, "kaifang.multi is closed");
+  return b;
+}
+
+static int multi_gc(lua_State *L) {
+  lmulti *b = luaL_checkudata(L, 1, MULTI_MT);
+  kf_multi_free(&b->m);
+  free(b->idle);
+  b->idle = NULL;
+  b->nidle = 0;
+  return 0;
+}
+
+/* core.multi{ concurrency = 32, ...session options } */
+static int l_multi(lua_State *L) {
+  kf_http_opts o;
+  lmulti *b;
+  char err[128];
+  int n, i;
+  read_http_opts(L, &o);
+  lua_getfield(L, 1, "concurrency");
+  n = (int)luaL_optinteger(L, -1, 32);
+  lua_pop(L, 1);
+  if (n < 1 || n > 4096) return luaL_error(L, "kaifang.multi: 'concurrency' must be 1..4096");
+  b = kf_newuserdata(L, sizeof *b);
+  memset(b, 0, sizeof *b);
+  luaL_getmetatable(L, MULTI_MT);
+  lua_setmetatable(L, -2);
+  b->idle = malloc((size_t)n * sizeof *b->idle);
+  if (b->idle == NULL) return luaL_error(L, "kaifang.multi: out of memory");
+  if (kf_multi_init(&b->m, n, &o, err, sizeof err) != 0) return luaL_error(L, "kaifang.multi: %s", err);
+  for (i = 0; i < n; i++) b->idle[i] = n - 1 - i;
+  b->nidle = n;
+  return 1;
+}
+
+/* batch:submit(request) -> slot (1-based), or nil when every slot is busy */
+static int l_multi_submit(lua_State *L) {
+  lmulti *b = check_multi(L);
+  int slot;
+  if (b->nidle == 0) {
+    lua_pushnil(L);
+    return 1;
+  }
+  slot = b->idle[b->nidle - 1];
+  prepare_request(L, &b->m.slots[slot], 2);
+  if (kf_multi_start(&b->m, slot) != 0) return luaL_error(L, "kaifang.multi: could not start a transfer");
+  b->nidle--;
+  lua_pushinteger(L, slot + 1);
+  return 1;
+}
+
+/* batch:wait(seconds) -> number of finished transfers waiting to be collected */
+static int l_multi_wait(lua_State *L) {
+  lmulti *b = check_multi(L);
+  lua_Number secs = luaL_optnumber(L, 2, 1);
+  char err[128];
+  int n = kf_multi_wait(&b->m, secs > 0 ? (long)(secs * 1000) : 0, err, sizeof err);
+  if (n < 0) return luaL_error(L, "kaifang.multi: %s", err);
+  lua_pushinteger(L, n);
+  return 1;
+}
+
+/* batch:collect() -> slot, res | slot, nil, err | nil when nothing is finished */
+static int l_multi_collect(lua_State *L) {
+  lmulti *b = check_multi(L);
+  kf_http *h;
+  kf_result r;
+  int slot;
+  if (b->m.ndone == 0) return 0;
+  slot = b->m.done[--b->m.ndone];
+  h = &b->m.slots[slot];
+  kf_http_finish(h, h->last_code, &r);
+  b->idle[b->nidle++] = slot;
+  lua_pushinteger(L, slot + 1);
+  return 1 + push_result(L, h, &r);
+}
+
+static int l_multi_counts(lua_State *L) {
+  lmulti *b = check_multi(L);
+  lua_pushinteger(L, b->m.active);
+  lua_pushinteger(L, b->nidle);
+  return 2;
+}
+
 /* ---- module ------------------------------------------------------------------------------ */
 
 static const luaL_Reg signer_methods[] = {{"sign", l_signer_sign}, {NULL, NULL}};
 static const luaL_Reg http_methods[] = {{"request", l_http_request}, {"close", l_http_close}, {NULL, NULL}};
+static const luaL_Reg multi_methods[] = {{"submit", l_multi_submit}, {"wait", l_multi_wait},
+                                         {"collect", l_multi_collect}, {"counts", l_multi_counts},
+                                         {"close", multi_gc}, {NULL, NULL}};
 
 static const luaL_Reg functions[] = {
     {"signer", l_signer},           {"digest", l_digest},
@@ -567,7 +702,9 @@ static const luaL_Reg functions[] = {
     {"hex_decode", l_hex_decode},   {"ct_equal", l_ct_equal},
     {"random_hex", l_random_hex},   {"url_encode", l_url_encode},
     {"form_encode", l_form_encode}, {"http", l_http},
+    {"multi", l_multi},
     {"now", l_now},                 {"monotonic", l_monotonic},
+    {"sleep", l_sleep},             {"isatty", l_isatty},
     {NULL, NULL}};
 
 int luaopen_kaifang_core(lua_State *L) {
@@ -583,6 +720,7 @@ int luaopen_kaifang_core(lua_State *L) {
   lua_pushcfunction(L, l_http_tostring);
   lua_setfield(L, -2, "__tostring");
   lua_pop(L, 1);
+  kf_newclass(L, MULTI_MT, multi_methods, multi_gc);
   kf_newlib(L, functions);
   lua_pushliteral(L, "0.1.0");
   lua_setfield(L, -2, "version");

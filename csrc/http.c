@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <stdio.h>
 #include <strings.h>
 
 static int buf_append(kf_buf *b, const char *data, size_t len, size_t limit) {
@@ -83,13 +84,10 @@ int kf_http_add_header(kf_http *h, const char *line) {
   return 0;
 }
 
-void kf_http_perform(kf_http *h, const char *method, const char *url, const char *body, size_t bodylen,
-                     long timeout_ms, kf_result *r) {
+void kf_http_prepare(kf_http *h, const char *method, const char *url, const char *body, size_t bodylen,
+                     long timeout_ms) {
   CURL *e = h->easy;
   int is_get = strcasecmp(method, "GET") == 0, is_head = strcasecmp(method, "HEAD") == 0;
-  curl_off_t pretransfer = 0;
-  long request_size = 0;
-  memset(r, 0, sizeof *r);
   h->body.len = h->head.len = 0;
   h->errbuf[0] = '\0';
   /* no "Expect: 100-continue" round trip on larger bodies */
@@ -104,11 +102,19 @@ void kf_http_perform(kf_http *h, const char *method, const char *url, const char
     curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, is_head ? "HEAD" : NULL);
   } else {
     curl_easy_setopt(e, CURLOPT_POST, 1L);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, body ? body : "");
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(body ? bodylen : 0));
+    /* a copy: in a batch the caller's string is gone before the transfer is */
+    curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, body ? body : "");
     curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, strcasecmp(method, "POST") == 0 ? NULL : method);
   }
-  r->code = curl_easy_perform(e);
+}
+
+void kf_http_finish(kf_http *h, CURLcode code, kf_result *r) {
+  CURL *e = h->easy;
+  curl_off_t pretransfer = 0;
+  long request_size = 0;
+  memset(r, 0, sizeof *r);
+  r->code = code;
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, NULL);
   curl_slist_free_all(h->req_headers);
   h->req_headers = NULL;
@@ -116,11 +122,89 @@ void kf_http_perform(kf_http *h, const char *method, const char *url, const char
   curl_easy_getinfo(e, CURLINFO_PRETRANSFER_TIME_T, &pretransfer);
   curl_easy_getinfo(e, CURLINFO_REQUEST_SIZE, &request_size);
   r->connected = pretransfer > 0 || request_size > 0;
-  if (r->code != CURLE_OK) {
-    r->message = h->errbuf[0] ? h->errbuf : curl_easy_strerror(r->code);
+  if (code != CURLE_OK) {
+    r->message = h->errbuf[0] ? h->errbuf : curl_easy_strerror(code);
     /* once the transfer began, the server may have acted on the request */
     r->maybe_sent = r->connected;
   }
+}
+
+void kf_http_perform(kf_http *h, const char *method, const char *url, const char *body, size_t bodylen,
+                     long timeout_ms, kf_result *r) {
+  kf_http_prepare(h, method, url, body, bodylen, timeout_ms);
+  kf_http_finish(h, curl_easy_perform(h->easy), r);
+}
+
+/* ---- many transfers at once on one connection pool ---------------------------------------- */
+
+int kf_multi_init(kf_multi *m, int slots, const kf_http_opts *o, char *err, size_t errlen) {
+  int i;
+  memset(m, 0, sizeof *m);
+  m->multi = curl_multi_init();
+  m->slots = calloc((size_t)slots, sizeof *m->slots);
+  m->done = calloc((size_t)slots, sizeof *m->done);
+  if (m->multi == NULL || m->slots == NULL || m->done == NULL) {
+    kf_multi_free(m);
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  m->nslots = slots;
+  for (i = 0; i < slots; i++) {
+    if (kf_http_init(&m->slots[i], o, err, errlen) != 0) {
+      kf_multi_free(m);
+      return -1;
+    }
+    curl_easy_setopt(m->slots[i].easy, CURLOPT_PRIVATE, (void *)&m->slots[i]);
+  }
+  /* keep every connection of the batch alive between transfers */
+  curl_multi_setopt(m->multi, CURLMOPT_MAXCONNECTS, (long)slots);
+  curl_multi_setopt(m->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+  return 0;
+}
+
+void kf_multi_free(kf_multi *m) {
+  int i;
+  for (i = 0; m->slots && i < m->nslots; i++) {
+    if (m->slots[i].easy && m->multi) curl_multi_remove_handle(m->multi, m->slots[i].easy);
+    kf_http_free(&m->slots[i]);
+  }
+  if (m->multi) curl_multi_cleanup(m->multi);
+  free(m->slots);
+  free(m->done);
+  memset(m, 0, sizeof *m);
+}
+
+int kf_multi_start(kf_multi *m, int slot) {
+  if (curl_multi_add_handle(m->multi, m->slots[slot].easy) != CURLM_OK) return -1;
+  m->active++;
+  return 0;
+}
+
+/* Drives the transfers until one finishes or timeout_ms passes; finished slots queue in done. */
+int kf_multi_wait(kf_multi *m, long timeout_ms, char *err, size_t errlen) {
+  int running = 0, queued;
+  CURLMcode mc = curl_multi_perform(m->multi, &running);
+  CURLMsg *msg;
+  if (mc == CURLM_OK && m->ndone == 0 && running > 0 && timeout_ms > 0) {
+    mc = curl_multi_poll(m->multi, NULL, 0, (int)timeout_ms, NULL);
+    if (mc == CURLM_OK) mc = curl_multi_perform(m->multi, &running);
+  }
+  if (mc != CURLM_OK) {
+    snprintf(err, errlen, "%s", curl_multi_strerror(mc));
+    return -1;
+  }
+  while ((msg = curl_multi_info_read(m->multi, &queued)) != NULL) {
+    kf_http *h = NULL;
+    int slot;
+    if (msg->msg != CURLMSG_DONE) continue;
+    curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&h);
+    slot = (int)(h - m->slots);
+    curl_multi_remove_handle(m->multi, msg->easy_handle);
+    m->active--;
+    h->last_code = msg->data.result;
+    m->done[m->ndone++] = slot;
+  }
+  return m->ndone;
 }
 
 size_t kf_url_encode(const char *in, size_t len, char *out) {

@@ -29,8 +29,17 @@ typedef struct kf_http {
   kf_buf body, head;
   size_t max_body;
   long connect_timeout_ms, timeout_ms;
+  CURLcode last_code;       /* of the last transfer, in a batch */
   char errbuf[CURL_ERROR_SIZE];
 } kf_http;
+
+/* A batch: slots of kept-alive easy handles on one multi handle (one connection pool). */
+typedef struct kf_multi {
+  CURLM *multi;
+  kf_http *slots;
+  int nslots, active;
+  int *done, ndone;         /* finished slots, not yet collected */
+} kf_multi;
 
 typedef struct kf_result {
   CURLcode code;
@@ -49,6 +58,18 @@ int kf_http_add_header(kf_http *h, const char *line);
  * session's default. The response body and raw headers are in h->body and h->head. */
 void kf_http_perform(kf_http *h, const char *method, const char *url, const char *body, size_t bodylen,
                      long timeout_ms, kf_result *r);
+
+/* The two halves of a request, for a caller that runs the transfer itself (a batch). */
+void kf_http_prepare(kf_http *h, const char *method, const char *url, const char *body, size_t bodylen,
+                     long timeout_ms);
+void kf_http_finish(kf_http *h, CURLcode code, kf_result *r);
+
+int kf_multi_init(kf_multi *m, int slots, const kf_http_opts *o, char *err, size_t errlen);
+void kf_multi_free(kf_multi *m);
+/* Starts the prepared request of a free slot. */
+int kf_multi_start(kf_multi *m, int slot);
+/* Runs transfers until one is done or timeout_ms passes; returns how many are done, or -1. */
+int kf_multi_wait(kf_multi *m, long timeout_ms, char *err, size_t errlen);
 
 /* Percent-encodes everything but RFC 3986's unreserved characters. out holds 3 * len bytes. */
 size_t kf_url_encode(const char *in, size_t len, char *out);
