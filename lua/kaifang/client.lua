@@ -1,7 +1,10 @@
 -- The pipeline every platform client shares: check arguments, build and sign (the platform's
 -- part), send through the transport, decode, map the reply (the platform's part).
 local cjson = require "cjson.safe"
+local core = require "kaifang.core"
 local errors = require "kaifang.errors"
+
+local monotonic, sleep = core.monotonic, core.sleep
 
 local M = {}
 
@@ -65,22 +68,53 @@ function M.define(platform, endpoints)
   Class.__name = "kaifang." .. platform
   for name, ep in pairs(endpoints) do
     ep.name = name
-    Class[name] = function(self, args)
+    Class[name] = function(self, args, call_opts)
       if getmetatable(self) ~= Class then
         fail(platform, "call " .. name .. " as a method: client:" .. name .. "{...}", 2)
       end
-      local msg = ep.params and M.check_args(ep.params, args == nil and {} or args)
-      if not msg and ep.check then msg = ep.check(args) end
+      local msg = M.validate(ep, args)
       if msg then fail(platform, name .. ": " .. msg, 2) end
-      return self:call_endpoint(ep, args or {})
+      return self:call_endpoint(ep, args or {}, call_opts)
     end
   end
   return Class
 end
 
+-- nil, or what is wrong with the arguments of a call to ep.
+function M.validate(ep, args)
+  local msg = ep.params and M.check_args(ep.params, args == nil and {} or args)
+  if not msg and ep.check then msg = ep.check(args) end
+  return msg
+end
+
+-- Whether a call changes something at the platform, so that it is never repeated once it may
+-- have been sent. Per-call option idempotent = true/false overrides the endpoint's marking.
+function M.acts(ep, call_opts)
+  if call_opts and call_opts.idempotent ~= nil then return not call_opts.idempotent end
+  return ep.acts == true
+end
+
+-- Exponential backoff with jitter, capped: seconds to wait before attempt + 1.
+function M.backoff(attempt, base, cap)
+  local d = math.min(cap or 5, (base or 0.1) * 2 ^ (attempt - 1))
+  return d * (0.5 + math.random())
+end
+
+-- A URL fit for logs: the values of token- and secret-like query parameters hidden.
+function M.redact_url(url)
+  return (url:gsub("([?&])([^=&]+)=([^&]*)", function(sep, k, v)
+    local lk = k:lower()
+    if lk:find("token", 1, true) or lk:find("secret", 1, true) or lk:find("key", 1, true) or lk == "sign" then
+      v = "***"
+    end
+    return sep .. k .. "=" .. v
+  end))
+end
+
 -- Common options: base_url, timeout (15 s), connect_timeout (5 s), ssl_verify (true), cainfo,
 -- capath, proxy, user_agent, transport (an object with :request), clock (a function returning
--- unix seconds; for clock skew and tests).
+-- unix seconds; for clock skew and tests), max_attempts (1: a retryable failure is returned at
+-- once; more: retried with backoff, only where it cannot duplicate), on_request, on_response.
 function M.new(Class, opts, fields)
   local platform = Class.platform
   if type(opts) ~= "table" then fail(platform, "new expects a table of options", 3) end
@@ -107,6 +141,12 @@ function M.new(Class, opts, fields)
     end
   end
   self.timeout = opts.timeout or 15
+  local attempts = opts.max_attempts
+  if attempts ~= nil and (type(attempts) ~= "number" or attempts < 1 or attempts ~= math.floor(attempts)) then
+    fail(platform, "option 'max_attempts' must be a positive integer", 3)
+  end
+  self.max_attempts = attempts or 1
+  M.hooks(self, opts)
   if opts.clock ~= nil and type(opts.clock) ~= "function" then fail(platform, "option 'clock' must be a function", 3) end
   self.clock = opts.clock or os.time
   if opts.transport ~= nil then
@@ -134,11 +174,60 @@ function Base:error(fields)
   return errors.new(fields)
 end
 
-function Base:call_endpoint(ep, args)
-  local req = self:build_request(ep, args)
-  local res, err = self:send(ep, req)
-  if not res then return nil, err end
-  return self:interpret(ep, res)
+local function debug_hook(info)
+  io.stderr:write(("kaifang %s %s %s attempt %d: %s%s %.1f ms\n"):format(
+    info.platform, info.method, info.url, info.attempt,
+    info.http_status and ("HTTP " .. info.http_status) or (info.kind or "no reply"),
+    info.code ~= nil and (" code " .. tostring(info.code)) or "", info.elapsed_ms or 0))
+  if info.signed then io.stderr:write("kaifang   string-to-sign: ", info.signed, "\n") end
+end
+
+-- Hooks: opts.on_request(info) before each attempt and opts.on_response(info) after it, with
+-- platform, method, url (secrets hidden), attempt, and after it http_status, code, kind,
+-- elapsed_ms. KAIFANG_DEBUG=1 prints one line per attempt to stderr.
+function M.hooks(self, opts)
+  self.on_request, self.on_response = opts.on_request, opts.on_response
+  if not self.on_response and os.getenv("KAIFANG_DEBUG") == "1" then
+    self.on_response, self.debug = debug_hook, true
+  end
+end
+
+function Base:request_info(ep, req, attempt)
+  return { platform = self.platform, method = ep.name, url = M.redact_url(req.url), attempt = attempt }
+end
+
+-- Calls the response hook for one attempt; value/err are the attempt's outcome.
+function Base:report(info, started, res, err)
+  info.elapsed_ms = (monotonic() - started) * 1000
+  info.http_status = res and res.status or (err and err.http_status)
+  if err then
+    info.kind, info.code = err.kind, err.code
+    if info.signed and not (self.is_signature_error and self:is_signature_error(err)) then info.signed = nil end
+  else
+    info.signed = nil
+  end
+  self.on_response(info)
+end
+
+function Base:call_endpoint(ep, args, call_opts)
+  local acts, attempt = M.acts(ep, call_opts), 0
+  while true do
+    attempt = attempt + 1
+    local req = self:build_request(ep, args)
+    local info, started
+    if self.on_request or self.on_response then
+      info, started = self:request_info(ep, req, attempt), monotonic()
+      info.signed, req.signed = req.signed, nil
+      if self.on_request then self.on_request(info) end
+    end
+    local res, err = self:send(ep, req)
+    local value, extra = self:outcome(ep, res, err, acts)
+    if info and self.on_response then self:report(info, started, res, value == nil and extra or nil) end
+    if value ~= nil or not (extra and extra.retryable) or attempt >= self.max_attempts then
+      return value, extra
+    end
+    sleep(M.backoff(attempt))
+  end
 end
 
 function Base:send(ep, req)
@@ -146,11 +235,25 @@ function Base:send(ep, req)
   local res, err = self.transport:request(req)
   if not res then
     err.platform = self.platform
-    -- repeating a read cannot do harm; repeating an action only when it never left
-    if not ep.acts then err.retryable = true end
     return nil, errors.new(err)
   end
   return res
+end
+
+-- The result of one attempt: the platform's value, or nil, err with retryable and maybe_sent
+-- settled by whether the call acts.
+function Base:outcome(ep, res, err, acts)
+  if not res then
+    -- repeating a read cannot do harm; repeating an action only when it never left
+    if not acts then err.retryable = true end
+    return nil, err
+  end
+  local value, extra = self:interpret(ep, res)
+  if value == nil and errors.is(extra) and (extra.kind == "http" or extra.kind == "decode") then
+    extra.retryable = not acts
+    extra.maybe_sent = acts and (extra.kind == "decode" or (extra.http_status or 0) >= 500)
+  end
+  return value, extra
 end
 
 local tointeger = math.tointeger or function(x) return x end
@@ -178,14 +281,13 @@ function Base:decode(ep, res)
   if res.status < 200 or res.status > 299 then
     return nil, self:error{
       kind = "http", code = res.status, http_status = res.status,
-      message = (res.body or ""):sub(1, 200), maybe_sent = ep.acts, retryable = not ep.acts,
+      message = (res.body or ""):sub(1, 200),
     }
   end
   local doc = M.json_decode(res.body)
   if type(doc) ~= "table" then
     return nil, self:error{
       kind = "decode", http_status = res.status, message = "reply is not a JSON object: " .. (res.body or ""):sub(1, 100),
-      maybe_sent = ep.acts, retryable = not ep.acts,
     }
   end
   return doc

@@ -8,6 +8,11 @@ local M = {
 -- Platform modules load on first use, so a script that needs one platform loads one.
 local lazy = { lingdian = true, zafu = true, yopoint = true, dakashi = true, store = true, sandbox = true }
 
+-- kaifang.batch(calls, opts) -> summary; see kaifang/batch.lua.
+function M.batch(calls, opts)
+  return require("kaifang.batch").run(calls, opts)
+end
+
 return setmetatable(M, {
   __index = function(t, name)
     if lazy[name] then

@@ -58,13 +58,21 @@ function Lingdian:build_request(ep, args)
   params.developer_code = self.developer_code
   params.type = ep.type
   params.timestamp = math.floor(self.clock())
-  params.sign = sign.signer("lingdian"):sign(params, client.secret(self))
+  local secret = client.secret(self)
+  local signature, string_to_sign = sign.signer("lingdian"):sign(params, secret)
+  params.sign = signature
   return {
     method = "POST",
     url = self.base_url .. ep.path,
     headers = { ["Content-Type"] = "application/x-www-form-urlencoded" },
     body = core.form_encode(params),
+    signed = self.debug and sign.mask(string_to_sign, secret) or nil,
   }
+end
+
+-- The platform answers a bad signature as it answers an unknown developer.
+function Lingdian:is_signature_error(err)
+  return err.code == 104 and type(err.message) == "string" and err.message:find("没有对应权限", 1, true) ~= nil
 end
 
 local function too_frequent(message)

@@ -1,0 +1,270 @@
+-- kaifang.batch(calls, opts): many calls at once on one libcurl multi handle, within rate
+-- limits, never repeating what may have taken effect.
+--
+-- calls: an array of { client, "method_name", args [, { idempotent = bool }] }, or a function
+-- returning the next one (nil at the end), so a batch of a million is streamed.
+-- opts: concurrency (32), rate (requests per second per client; nil = unlimited),
+--   max_attempts (4), backoff_base (0.1 s), backoff_cap (5 s), on_result(i, value, err, extra),
+--   progress (true: a progress line on stderr when it is a terminal), total (for the progress
+--   line of a streamed batch), on_request/on_response (hooks, as on a client), and the transport
+--   options connect_timeout, ssl_verify, cainfo, capath, proxy, user_agent.
+-- Returns { ok = n, failed = n, maybe_sent = n, retries = n, elapsed = seconds }: every call
+-- ends in exactly one of ok, failed and maybe_sent (it may have reached the platform; reconcile).
+local core = require "kaifang.core"
+local client = require "kaifang.client"
+local errors = require "kaifang.errors"
+
+local monotonic = core.monotonic
+
+local M = {}
+
+local function argument_error(c, message)
+  return errors.new{ platform = c and c.platform or "core", kind = "argument", message = message }
+end
+
+-- Reads the next call from the array or the function, checked but not yet built.
+local function source(calls)
+  local i, n = 0, type(calls) == "table" and #calls or nil
+  if type(calls) ~= "function" and type(calls) ~= "table" then
+    error("kaifang.batch: calls must be an array or a function", 3)
+  end
+  return function()
+    local call
+    if n then
+      if i >= n then return nil end
+      call = calls[i + 1]
+    else
+      call = calls()
+      if call == nil then return nil end
+    end
+    i = i + 1
+    local item = { index = i, attempt = 0 }
+    if type(call) ~= "table" then
+      item.err = argument_error(nil, "call " .. i .. " is not a table")
+      return item
+    end
+    local c, name, args, call_opts = call[1], call[2], call[3], call[4]
+    local ep = type(c) == "table" and c.endpoints and c.endpoints[name]
+    item.client, item.name, item.args = c, name, args or {}
+    if not ep then
+      item.err = argument_error(c, "call " .. i .. ": no such method '" .. tostring(name) .. "'")
+      return item
+    end
+    local msg = client.validate(ep, args)
+    if msg then
+      item.err = argument_error(c, name .. ": " .. msg)
+      return item
+    end
+    item.ep, item.acts = ep, client.acts(ep, call_opts)
+    return item
+  end
+end
+
+-- Spacing per client: at most rate starts per second, none bunched up.
+local Limiter = {}
+Limiter.__index = Limiter
+
+local function limiter(rate)
+  return setmetatable({ interval = rate and 1 / rate or 0, next_at = setmetatable({}, { __mode = "k" }) }, Limiter)
+end
+
+-- 0 when the client may start a request now, else the seconds to wait.
+function Limiter:wait(c, now)
+  if self.interval == 0 then return 0 end
+  local at = self.next_at[c] or 0
+  return at > now and at - now or 0
+end
+
+function Limiter:take(c, now)
+  if self.interval == 0 then return end
+  local at = self.next_at[c] or now
+  self.next_at[c] = math.max(at, now) + self.interval
+end
+
+-- A min-heap of items waiting for their backoff to pass.
+local function heap_push(h, item)
+  h[#h + 1] = item
+  local i = #h
+  while i > 1 do
+    local p = math.floor(i / 2)
+    if h[p].due <= h[i].due then break end
+    h[p], h[i] = h[i], h[p]
+    i = p
+  end
+end
+
+local function heap_pop(h)
+  local top, last = h[1], h[#h]
+  h[#h] = nil
+  if #h > 0 then
+    h[1] = last
+    local i = 1
+    while true do
+      local l, r, m = 2 * i, 2 * i + 1, i
+      if l <= #h and h[l].due < h[m].due then m = l end
+      if r <= #h and h[r].due < h[m].due then m = r end
+      if m == i then break end
+      h[m], h[i] = h[i], h[m]
+      i = m
+    end
+  end
+  return top
+end
+
+local function progress_line(s, total, started)
+  local done = s.ok + s.failed + s.maybe_sent
+  local rate = done / math.max(monotonic() - started, 1e-3)
+  local bar = ""
+  if total and total > 0 then
+    local width = 30
+    local filled = math.floor(width * done / total)
+    bar = "[" .. ("#"):rep(filled) .. (" "):rep(width - filled) .. "] "
+  end
+  io.stderr:write(("\r%s%d%s  ok %d  failed %d  maybe sent %d  %.0f/s "):format(
+    bar, done, total and ("/" .. total) or "", s.ok, s.failed, s.maybe_sent, rate))
+end
+
+function M.run(calls, opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then error("kaifang.batch: opts must be a table", 2) end
+  local concurrency = opts.concurrency or 32
+  if type(concurrency) ~= "number" or concurrency < 1 then error("kaifang.batch: concurrency must be >= 1", 2) end
+  if opts.rate ~= nil and (type(opts.rate) ~= "number" or opts.rate <= 0) then
+    error("kaifang.batch: rate must be a positive number of requests per second", 2)
+  end
+  local max_attempts = opts.max_attempts or 4
+  local on_result, on_request, on_response = opts.on_result, opts.on_request, opts.on_response
+  local next_call = source(calls)
+  local multi = core.multi{
+    concurrency = concurrency, connect_timeout = opts.connect_timeout, ssl_verify = opts.ssl_verify,
+    cainfo = opts.cainfo, capath = opts.capath, proxy = opts.proxy, user_agent = opts.user_agent,
+  }
+  local limit = limiter(opts.rate)
+  local inflight, active, waiting = {}, 0, {}
+  local summary = { ok = 0, failed = 0, maybe_sent = 0, retries = 0 }
+  local started = monotonic()
+  local show = opts.progress and core.isatty(2)
+  local total = opts.total or (type(calls) == "table" and #calls or nil)
+  local next_draw, pending, exhausted = 0, nil, false
+
+  local function finish(item, value, extra)
+    if value ~= nil then
+      summary.ok = summary.ok + 1
+    elseif extra and extra.maybe_sent then
+      summary.maybe_sent = summary.maybe_sent + 1
+    else
+      summary.failed = summary.failed + 1
+    end
+    if on_result then on_result(item.index, value, extra) end
+  end
+
+  -- The next item that may start now: a retry whose backoff has passed, then the stream.
+  local function take_next(now)
+    if waiting[1] and waiting[1].due <= now then return heap_pop(waiting) end
+    if pending then
+      local item = pending
+      pending = nil
+      return item
+    end
+    if exhausted then return nil end
+    local item = next_call()
+    if not item then exhausted = true end
+    return item
+  end
+
+  local function start(item, now)
+    local c = item.client
+    item.attempt = item.attempt + 1
+    -- built just before it is sent: a fresh timestamp, and nothing built ahead of time
+    local ok, req = pcall(c.build_request, c, item.ep, item.args)
+    if not ok then
+      finish(item, nil, argument_error(c, tostring(req)))
+      return
+    end
+    req.timeout = req.timeout or c.timeout
+    local hooked = on_request or on_response or c.on_request or c.on_response
+    if hooked then
+      item.info, item.started = c:request_info(item.ep, req, item.attempt), now
+      item.info.signed, req.signed = req.signed, nil
+      if on_request then on_request(item.info) end
+      if c.on_request then c.on_request(item.info) end
+    end
+    req.signed = nil
+    limit:take(c, now)
+    local slot = multi:submit(req)
+    inflight[slot] = item
+    active = active + 1
+  end
+
+  local function complete(item, res, err)
+    local c = item.client
+    if err then err.platform = c.platform; err = errors.new(err) end
+    local value, extra = c:outcome(item.ep, res, err, item.acts)
+    if item.info then
+      local info = item.info
+      info.elapsed_ms = (monotonic() - item.started) * 1000
+      info.http_status = res and res.status or nil
+      if value == nil and extra then info.kind, info.code = extra.kind, extra.code end
+      if on_response then on_response(info) end
+      if c.on_response then c.on_response(info) end
+      item.info = nil
+    end
+    if value == nil and extra and extra.retryable and item.attempt < max_attempts then
+      summary.retries = summary.retries + 1
+      item.due = monotonic() + client.backoff(item.attempt, opts.backoff_base, opts.backoff_cap)
+      heap_push(waiting, item)
+      return
+    end
+    finish(item, value, extra)
+  end
+
+  while true do
+    local now = monotonic()
+    local wake = nil -- the soonest moment something held back may start
+    while active < concurrency do
+      local item = take_next(now)
+      if not item then break end
+      if item.err then
+        finish(item, nil, item.err)
+      else
+        local w = limit:wait(item.client, now)
+        if w > 0 then
+          -- hold it (a retry goes back to its heap, a new item waits as pending)
+          if item.due then heap_push(waiting, item) else pending = item end
+          wake = now + w
+          break
+        end
+        start(item, now)
+      end
+    end
+    if waiting[1] then wake = math.min(wake or math.huge, waiting[1].due) end
+    if active == 0 and not pending and exhausted and not waiting[1] then break end
+    if active > 0 then
+      local timeout = wake and math.max(0.001, wake - monotonic()) or 1
+      multi:wait(math.min(timeout, 1))
+      while true do
+        local slot, res, err = multi:collect()
+        if not slot then break end
+        local item = inflight[slot]
+        inflight[slot] = nil
+        active = active - 1
+        complete(item, res, err)
+      end
+    elseif wake then
+      core.sleep(math.max(0, wake - monotonic()))
+    end
+    if show and monotonic() >= next_draw then
+      progress_line(summary, total, started)
+      next_draw = monotonic() + 0.2
+    end
+  end
+  multi:close()
+  summary.elapsed = monotonic() - started
+  if show then
+    progress_line(summary, total, started)
+    io.stderr:write("\n")
+  end
+  return summary
+end
+
+return M
