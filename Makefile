@@ -11,29 +11,36 @@ LDSHARED    := -shared
 BUSTED      ?= $(LUA) /usr/bin/busted
 OUT         ?= build/lib
 
-CORE_SRC  := csrc/core.c csrc/sign.c csrc/crypto.c csrc/http.c
-CORE_HDR  := csrc/compat.h csrc/sign.h csrc/crypto.h csrc/http.h
+CORE_SRC  := csrc/core.c csrc/sign.c csrc/crypto.c csrc/http.c csrc/store.c
+CORE_HDR  := csrc/compat.h csrc/sign.h csrc/crypto.h csrc/http.h csrc/store.h
 HTTPD_SRC := csrc/httpd.c
 CORE_SO   := $(OUT)/kaifang/core.so
 HTTPD_SO  := $(OUT)/kaifang/sandbox/httpd.so
 
 DEBIAN_PACKAGES := lua5.4 liblua5.4-dev libcurl4-openssl-dev libssl-dev lua-cjson lua-busted \
-                   lua-argparse libmicrohttpd-dev pkg-config gcc clang luarocks
+                   lua-argparse libmicrohttpd-dev pkg-config gcc clang luarocks \
+                   redis-server libhiredis-dev \
+                   nginx-light libnginx-mod-http-lua libluajit2-5.1-dev luajit2
 
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;
 export LUA_CPATH := $(CURDIR)/$(OUT)/?.so;;
 
-.PHONY: all deps test unit spec compilers rock demo bench clean
+.PHONY: all luajit deps test unit spec compilers rock demo bench clean
 
 all: $(CORE_SO) $(HTTPD_SO)
 
 $(CORE_SO): $(CORE_SRC) $(CORE_HDR)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(KF_CFLAGS) $(LDSHARED) -o $@ $(CORE_SRC) -lcurl -lcrypto
+	$(CC) $(CFLAGS) $(KF_CFLAGS) $(LDSHARED) -o $@ $(CORE_SRC) -lcurl -lcrypto -lhiredis
 
 $(HTTPD_SO): $(HTTPD_SRC) csrc/compat.h
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(KF_CFLAGS) $(LDSHARED) -o $@ $(HTTPD_SRC) -lmicrohttpd -lpthread
+
+# The same C modules against LuaJIT's headers (what nginx's lua module runs), into build/luajit.
+# libluajit2-5.1-dev (OpenResty's branch): libnginx-mod-http-lua needs it, and it conflicts with libluajit-5.1-dev.
+luajit:
+	$(MAKE) --no-print-directory OUT=build/luajit LUA_CFLAGS="$$(pkg-config --cflags luajit)" all
 
 # Installs only what is missing; needs root or sudo the first time.
 deps:
@@ -56,15 +63,19 @@ compilers:
 	$(MAKE) --no-print-directory CC=gcc OUT=build/gcc all
 	$(MAKE) --no-print-directory CC=clang OUT=build/clang all
 
-spec: all
+spec: all luajit
 	$(BUSTED)
 
 # The rockspec must build with no network and no other rocks.
+# Debian keeps curl/curl.h in the multiarch include directory, where luarocks does not look.
+CURL_INCDIR ?= $(shell pkg-config --variable=includedir libcurl 2>/dev/null)
 rock:
-	luarocks --lua-version=5.4 make --deps-mode=none --tree=build/rocks kaifang-scm-1.rockspec >build/rock.log 2>&1 || { cat build/rock.log; exit 1; }
+	@mkdir -p build
+	luarocks --lua-version=5.4 make --deps-mode=none --tree=build/rocks kaifang-scm-1.rockspec \
+	  $(if $(CURL_INCDIR),CURL_INCDIR=$(CURL_INCDIR)) >build/rock.log 2>&1 || { cat build/rock.log; exit 1; }
 	@echo "luarocks make: ok (build/rocks)"
 
-test: deps all compilers unit rock spec
+test: deps all luajit compilers unit rock spec
 
 demo: deps all
 	$(LUA) examples/demo.lua
