@@ -9,6 +9,7 @@
 #include "crypto.h"
 #include "http.h"
 #include "sign.h"
+#include "store.h"
 
 #define SIGNER_MT "kaifang.signer"
 #define HTTP_MT "kaifang.http"
@@ -722,6 +723,7 @@ int luaopen_kaifang_core(lua_State *L) {
   lua_pop(L, 1);
   kf_newclass(L, MULTI_MT, multi_methods, multi_gc);
   kf_newlib(L, functions);
+  kf_store_register(L); /* file and Redis primitives of the token stores (store.c) */
   lua_pushliteral(L, "0.1.0");
   lua_setfield(L, -2, "version");
   lua_pushstring(L, curl_version());
