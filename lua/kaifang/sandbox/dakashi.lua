@@ -1,0 +1,522 @@
+-- Dakashi (大卡师) IoT-card platform as the sandbox plays it: JSON POSTs, an upper-case SHA1 over
+-- the sorted parameters with the secret appended, a five-minute timestamp window, errcode 0 for
+-- success, and a small world of cards with data usage and packages. It also plays the
+-- platform's side of its (unsigned, JSON) callbacks: recharge and on/off. Only member/info and
+-- errcode 50000 are in the document; the other interfaces' parameters and replies and the
+-- 55001-55019 codes are the sandbox's reading of public integrations (see
+-- doc/readme-yopoint-dakashi.md).
+local core = require "kaifang.core" -- digests (and, for callbacks only, its HTTP client)
+local util = require "kaifang.sandbox.util"
+
+local M = {}
+
+M.name = "dakashi"
+
+-- window: seconds a timestamp may be from the sandbox's clock; rate: admitted calls per second
+-- per client (nil: unlimited); whitelist: list of client IPs admitted (nil: any);
+-- callback_timeout: seconds the sandbox waits on a callback receiver.
+M.defaults = { window = 300, rate = nil, whitelist = nil, callback_timeout = 3 }
+local SETTINGS = { window = true, rate = true, whitelist = true, callback_timeout = true }
+
+function M.check_setting(key, value)
+  if not SETTINGS[key] then return nil, "unknown dakashi setting '" .. tostring(key) .. "'" end
+  if (key == "rate" or key == "whitelist") and value == nil then return true end
+  if key == "whitelist" then
+    if type(value) ~= "table" then return nil, "dakashi.whitelist must be a list of IP addresses" end
+    for _, ip in ipairs(value) do
+      if type(ip) ~= "string" then return nil, "dakashi.whitelist must be a list of IP addresses" end
+    end
+    return true
+  end
+  if type(value) ~= "number" or value < 0 then return nil, "dakashi." .. key .. " must be a number >= 0" end
+  return true
+end
+
+---------------------------------------------------------------------------- seeded world
+
+local CLIENTS = {
+  -- the document's example client_id
+  ["iotacc108b7305fhzljeux0"] = { secret = "4c1e7b9a2d5f8e3b6a0c9d2f5e8b1a47", name = "示例物联网卡代理", balance = 100000 },
+}
+
+function M.credentials()
+  local lines = {}
+  for id, c in pairs(CLIENTS) do lines[#lines + 1] = "dakashi client_id=" .. id .. " client_secret=" .. c.secret end
+  return lines
+end
+
+local PRODUCTS = { -- data_value in MB, price in fen, days valid
+  [1001] = { product_name = "月包 10GB", data_value = 10240, price = 3000, days = 30 },
+  [1002] = { product_name = "月包 3GB", data_value = 3072, price = 1500, days = 30 },
+  [1003] = { product_name = "加油包 1GB", data_value = 1024, price = 500, days = 7 },
+}
+
+local DAY = 86400
+
+-- Cards: the first two are the IoT cards Lingdian Campus's sandbox knows as out of stock for its
+-- developer. Packages: product, days since it started, MB used.
+local CARDS = {
+  { serial_no = "1410139903", msisdn = "1410139903", iccid = "8986112025304", client = "iotacc108b7305fhzljeux0",
+    packages = { { product_id = 1001, started = 10, used = 8806.4 } } },       -- 86% used
+  { serial_no = "1410139904", msisdn = "1410139904", iccid = "8986112025305", client = "iotacc108b7305fhzljeux0",
+    packages = { { product_id = 1002, started = 27, used = 614.4 } } },        -- ends in 3 days
+  { serial_no = "87000001", msisdn = "1440087000001", iccid = "8986112025399", client = "iotacc108b7305fhzljeux0",
+    packages = { { product_id = 1001, started = 5, used = 1024 } } },          -- fine
+}
+
+local PREPAID = { -- prepaid recharge cards
+  PC20240001 = { product_id = 1003, status = 0 },
+  PC20240002 = { product_id = 1002, status = 1, used_by = "87000001" },
+}
+
+---------------------------------------------------------------------------- replies
+
+local MSG = {
+  [50000] = "未知错误",
+  [55001] = "client_id 不存在",
+  [55002] = "IP 不在白名单内",
+  [55003] = "签名错误",
+  [55004] = "卡号不存在",
+  [55005] = "时间戳错误或已过期",
+  [55006] = "请求过于频繁",
+  [55007] = "缺少参数",
+  [55008] = "参数格式错误",
+  [55009] = "卡状态不允许此操作",
+  [55010] = "套餐不存在",
+  [55011] = "订单不存在",
+  [55012] = "充值卡不存在",
+  [55013] = "短信内容过长",
+  [55014] = "自定义编号已被使用",
+}
+
+local function fail(code, detail)
+  return util.json_value({ errcode = code, errmsg = MSG[code] .. (detail and ("：" .. detail) or "") })
+end
+
+local function ok(data) return util.json_value({ errcode = 0, errmsg = "success", data = data == nil and {} or data }) end
+
+local CST = 8 * 3600
+local function cst(t) return os.date("!%Y-%m-%d %H:%M:%S", math.floor(t) + CST) end
+
+local function mb(n) -- MB as the platform's strings: "10240", "8806.40"
+  if n == math.floor(n) then return string.format("%d", n) end
+  return string.format("%.2f", n)
+end
+
+---------------------------------------------------------------------------- helpers
+
+local function is_json(headers)
+  local ct = headers and headers["content-type"] or ""
+  return ct:lower():match("^%s*application/json%s*[;]?") ~= nil
+end
+
+-- A decoded JSON value as the text PHP would put in the string to sign, or nil for what cannot
+-- be signed (arrays, objects).
+local function text_of(v)
+  if type(v) == "string" then return v end
+  if type(v) == "number" then
+    if v == math.floor(v) and math.abs(v) < 2 ^ 53 then return string.format("%.0f", v) end
+    return string.format("%.14g", v)
+  end
+  if type(v) == "boolean" then return v and "1" or "" end
+  if v == util.json_null then return "" end
+  return nil
+end
+
+-- The scheme, written out from the document: every field but sign, sorted by bytes, k=v joined
+-- by "&" (empty values left out), the secret appended directly; SHA1, upper-case hex.
+local function sign_with(params, secret)
+  return core.digest("sha1", util.canonical(params, { sign = true }, true) .. secret, "HEX")
+end
+
+local function loops_back(url, req)
+  local own = (req.headers and req.headers.host or ""):lower()
+  local own_port = own:match(":(%d+)$") or "80"
+  local authority = url:match("^%a+://([^/?#]+)")
+  if not authority then return false end
+  authority = authority:lower():gsub("^.*@", "")
+  local host, port = authority:match("^%[(.*)%]:?(%d*)$")
+  if not host then host, port = authority:match("^([^:]*):?(%d*)$") end
+  if port == "" then port = url:match("^https:") and "443" or "80" end
+  if port ~= own_port then return false end
+  local own_host = own:match("^%[(.*)%]") or own:match("^([^:]*)")
+  return host == own_host or host == "127.0.0.1" or host == "localhost" or host == "::1" or host == "0.0.0.0"
+end
+
+local function post(self, url, body)
+  local t = self.config.callback_timeout
+  if t <= 0 then t = 0.001 end
+  local session = core.http({ connect_timeout = t, timeout = t })
+  local res, err = session:request({ method = "POST", url = url, headers = { ["Content-Type"] = "application/json" }, body = body })
+  session:close()
+  if res then return { status = res.status, body = res.body } end
+  return { error = err.message or tostring(err.code), kind = err.kind }
+end
+
+local function err_json(status, message) return util.json_value({ error = message }, status) end
+
+local function admin_params(req)
+  if req.method == "GET" then return util.parse_form(req.query) or {} end
+  if req.body == nil or req.body == "" then return {} end
+  local v = util.json_decode(req.body)
+  if type(v) ~= "table" then return nil, err_json(400, "expected a JSON object") end
+  return v
+end
+
+---------------------------------------------------------------------------- instance
+
+local Instance = {}
+Instance.__index = Instance
+
+function M.new(ctx)
+  local self = setmetatable({
+    config = ctx.config, now = ctx.now, clock = ctx.clock, seq = 0,
+    cards = {}, card_order = {}, orders = {}, order_list = util.array(), prepaid = util.copy(PREPAID),
+    messages = util.array(), resets = util.array(), callbacks = util.array(), admitted = {},
+    balance = {},
+  }, Instance)
+  local start = self.now()
+  for _, c in ipairs(CARDS) do
+    local card = { serial_no = c.serial_no, msisdn = c.msisdn, iccid = c.iccid, client = c.client, status = 1,
+                   custom_no = "", activate_time = cst(start - 90 * DAY), packages = {} }
+    for _, p in ipairs(c.packages) do
+      local info = PRODUCTS[p.product_id]
+      local from = start - p.started * DAY
+      card.packages[#card.packages + 1] = { product_id = p.product_id, from = from, to = from + info.days * DAY, used = p.used }
+    end
+    self.cards[c.serial_no] = card
+    self.card_order[#self.card_order + 1] = c.serial_no
+  end
+  for id, c in pairs(CLIENTS) do self.balance[id] = c.balance end
+  -- one recharge order from before the sandbox started
+  self:new_order("87000001", 1001, start - 5 * DAY)
+  return self
+end
+
+function Instance:next_id()
+  self.seq = self.seq + 1
+  return self.seq
+end
+
+function Instance:new_order(serial_no, product_id, t)
+  local id = self:next_id()
+  local o = { order_no = ("DK%s%04d"):format(os.date("!%Y%m%d", math.floor(t) + CST), id), serial_no = serial_no,
+              product_id = product_id, product_name = PRODUCTS[product_id].product_name,
+              amount = PRODUCTS[product_id].price, status = 1, create_time = cst(t) }
+  self.orders[o.order_no] = o
+  self.order_list[#self.order_list + 1] = o
+  return o
+end
+
+function Instance:admit(id)
+  local rate = self.config.rate
+  if rate == nil then return true end
+  local q = self.admitted[id]
+  if not q then
+    q = { first = 1, last = 0 }
+    self.admitted[id] = q
+  end
+  local now = self.clock()
+  while q.first <= q.last and q[q.first] <= now - 1 do
+    q[q.first] = nil
+    q.first = q.first + 1
+  end
+  if q.last - q.first + 1 >= rate then return false end
+  q.last = q.last + 1
+  q[q.last] = now
+  return true
+end
+
+-- Usage now: packages still running, their totals, and the latest expiry.
+function Instance:usage(card)
+  local now = self.now()
+  local total, used, expire = 0, 0, nil
+  for _, p in ipairs(card.packages) do
+    if p.from <= now and now < p.to then
+      total = total + PRODUCTS[p.product_id].data_value
+      used = used + p.used
+      if not expire or p.to > expire then expire = p.to end
+    end
+  end
+  return total, used, expire
+end
+
+function Instance:card_view(card)
+  local total, used, expire = self:usage(card)
+  return {
+    serial_no = card.serial_no, msisdn = card.msisdn, iccid = card.iccid, status = card.status,
+    custom_no = card.custom_no, activate_time = card.activate_time,
+    total_data_value = mb(total), used_data_value = mb(used), surplus_data_value = mb(math.max(0, total - used)),
+    expire_time = expire and cst(expire) or "",
+  }
+end
+
+function Instance:packages_view(card)
+  local now, out = self.now(), util.array()
+  for _, p in ipairs(card.packages) do
+    local info = PRODUCTS[p.product_id]
+    out[#out + 1] = {
+      product_id = p.product_id, product_name = info.product_name, data_value = mb(info.data_value),
+      used_data_value = mb(p.used), start_time = cst(p.from), expire_time = cst(p.to),
+      status = (now < p.to) and 1 or 2, -- 1 running, 2 ended
+    }
+  end
+  return out
+end
+
+---------------------------------------------------------------------------- the gate
+
+-- Returns params (as text), client id, client or nil, reply.
+function Instance:gate(req)
+  if not is_json(req.headers) then return nil, fail(55008, "Content-Type 须为 application/json") end
+  local doc = util.json_decode(req.body or "")
+  if type(doc) ~= "table" or (doc[1] ~= nil) then return nil, fail(55008, "请求体须为 JSON 对象") end
+  local p = {}
+  for k, v in pairs(doc) do
+    local text = text_of(v)
+    if type(k) ~= "string" or text == nil then return nil, fail(55008, tostring(k)) end
+    p[k] = text
+  end
+  local id = p.client_id or p.app_id -- the later platform's spelling too
+  if id == nil or id == "" then return nil, fail(55007, "client_id") end
+  local c = CLIENTS[id]
+  if not c then return nil, fail(55001) end
+  local wl = self.config.whitelist
+  if wl then
+    local listed = false
+    for _, ip in ipairs(wl) do
+      if ip == req.remote then listed = true end
+    end
+    if not listed then return nil, fail(55002, tostring(req.remote)) end
+  end
+  for _, name in ipairs({ "timestamp", "sign" }) do
+    if p[name] == nil or p[name] == "" then return nil, fail(55007, name) end
+  end
+  -- built here from the received JSON, never by the client's signer
+  if p.sign ~= sign_with(p, c.secret) then return nil, fail(55003) end
+  local ts = p.timestamp:match("^%d+$") and tonumber(p.timestamp)
+  if not ts or math.abs(self.now() - ts) > self.config.window then return nil, fail(55005) end
+  if not self:admit(id) then return nil, fail(55006) end
+  return p, id, c
+end
+
+local function need(p, ...)
+  for _, name in ipairs({ ... }) do
+    if p[name] == nil or p[name] == "" then return fail(55007, name) end
+  end
+end
+
+local function card_of(self, p, id)
+  local res = need(p, "serial_no")
+  if res then return nil, res end
+  local card = self.cards[p.serial_no]
+  if not card or card.client ~= id then return nil, fail(55004) end
+  return card
+end
+
+local function with_gate(fn)
+  return function(self, req)
+    local p, id, c = self:gate(req)
+    if not p then return id end
+    return fn(self, p, id, c)
+  end
+end
+
+---------------------------------------------------------------------------- interfaces
+
+local routes = {}
+
+routes["/v1/member/info"] = function(self, p, id)
+  local card, res = card_of(self, p, id)
+  if not card then return res end
+  return ok(self:card_view(card))
+end
+
+routes["/v1/member/product/info"] = function(self, p, id)
+  local card, res = card_of(self, p, id)
+  if not card then return res end
+  return ok(self:packages_view(card))
+end
+
+local function product_view(pid)
+  local info = PRODUCTS[pid]
+  return { product_id = pid, product_name = info.product_name, data_value = mb(info.data_value),
+           price = info.price, days = info.days }
+end
+
+routes["/v1/product/info"] = function(_, p)
+  if p.product_id and p.product_id ~= "" then
+    local pid = tonumber(p.product_id)
+    if not pid or not PRODUCTS[pid] then return fail(55010) end
+    return ok(product_view(pid))
+  end
+  local ids = {}
+  for pid in pairs(PRODUCTS) do ids[#ids + 1] = pid end
+  table.sort(ids)
+  local out = util.array()
+  for i, pid in ipairs(ids) do out[i] = product_view(pid) end
+  return ok(out)
+end
+
+routes["/v1/user/info"] = function(self, _, id, c)
+  local n = 0
+  for _, card in pairs(self.cards) do
+    if card.client == id then n = n + 1 end
+  end
+  return ok({ client_id = id, name = c.name, balance = string.format("%.2f", self.balance[id] / 100), card_count = n })
+end
+
+routes["/v1/prepaid/card/info"] = function(self, p)
+  local res = need(p, "card_no")
+  if res then return res end
+  local pc = self.prepaid[p.card_no]
+  if not pc then return fail(55012) end
+  local v = product_view(pc.product_id)
+  v.card_no, v.status, v.used_by = p.card_no, pc.status, pc.used_by or ""
+  return ok(v)
+end
+
+routes["/v1/order/info"] = function(self, p)
+  local res = need(p, "order_no")
+  if res then return res end
+  local o = self.orders[p.order_no]
+  if not o or not self.cards[o.serial_no] then return fail(55011) end
+  return ok(util.copy(o))
+end
+
+routes["/v1/member/gprs/reset"] = function(self, p, id)
+  local card, res = card_of(self, p, id)
+  if not card then return res end
+  if card.status ~= 1 then return fail(55009) end
+  local rec = { id = self:next_id(), serial_no = card.serial_no, time = cst(self.now()) }
+  self.resets[#self.resets + 1] = rec
+  return ok({ serial_no = card.serial_no, result = "success" })
+end
+
+routes["/v1/send/message"] = function(self, p, id)
+  local card, res = card_of(self, p, id)
+  if not card then return res end
+  res = need(p, "content")
+  if res then return res end
+  if utf8.len(p.content) == nil then return fail(55008, "content") end
+  if utf8.len(p.content) > 70 then return fail(55013) end
+  local rec = { msg_id = ("SM%08d"):format(self:next_id()), serial_no = card.serial_no, msisdn = card.msisdn,
+                content = p.content, time = cst(self.now()) }
+  self.messages[#self.messages + 1] = rec
+  return ok({ msg_id = rec.msg_id })
+end
+
+routes["/v1/member/custom_no"] = function(self, p, id)
+  local card, res = card_of(self, p, id)
+  if not card then return res end
+  res = need(p, "custom_no")
+  if res then return res end
+  for sn, other in pairs(self.cards) do
+    if sn ~= card.serial_no and other.custom_no == p.custom_no then return fail(55014) end
+  end
+  card.custom_no = p.custom_no
+  return ok({ serial_no = card.serial_no, custom_no = card.custom_no })
+end
+
+M.routes = {}
+for path, fn in pairs(routes) do M.routes[path] = with_gate(fn) end
+
+---------------------------------------------------------------------------- admin
+
+M.admin = {}
+
+M.admin.cards = function(self, req)
+  if req.method ~= "GET" then return nil end
+  local out = util.array()
+  for _, sn in ipairs(self.card_order) do
+    local card = self.cards[sn]
+    local v = self:card_view(card)
+    v.packages = self:packages_view(card)
+    out[#out + 1] = v
+  end
+  return util.json_value(out)
+end
+
+for _, kind in ipairs({ "messages", "resets", "callbacks" }) do
+  M.admin[kind] = function(self, req)
+    if req.method ~= "GET" then return nil end
+    return util.json_value(self[kind])
+  end
+end
+
+M.admin.orders = function(self, req)
+  if req.method ~= "GET" then return nil end
+  return util.json_value(self.order_list)
+end
+
+-- POST {"serial_no":"...","mb":100}: the card uses data (charged to its first running package).
+M.admin.use = function(self, req)
+  if req.method ~= "POST" then return nil end
+  local a, res = admin_params(req)
+  if not a then return res end
+  local card = self.cards[tostring(a.serial_no)]
+  local amount = tonumber(a.mb)
+  if not card or not amount or amount < 0 then return err_json(400, "give a known serial_no and mb >= 0") end
+  local now = self.now()
+  for _, p in ipairs(card.packages) do
+    if p.from <= now and now < p.to then
+      p.used = p.used + amount
+      return util.json_value(self:card_view(card))
+    end
+  end
+  return err_json(400, "card " .. card.serial_no .. " has no running package")
+end
+
+-- POST {"url":"http://...","action_type":1,"serial_no":"...","product_id":1003,"status":1,"retries":3}
+-- Plays the platform: action_type 1 recharges the card with the product (a new order and
+-- package) and calls url back; 2 switches the card on (status 1) or off (status 0) and calls
+-- back. The callback is a JSON POST; anything but {"errcode":0,...} is sent again, up to
+-- `retries` more times (default 3, as the platform does, though here without waiting between).
+M.admin.callback = function(self, req)
+  if req.method ~= "POST" then return nil end
+  local a, res = admin_params(req)
+  if not a then return res end
+  local url = a.url
+  if type(url) ~= "string" or not url:match("^https?://") then return err_json(400, "give the receiver's url") end
+  if loops_back(url, req) then
+    return err_json(400, "the url points at the sandbox itself, which cannot answer while it sends; use another process")
+  end
+  local card = self.cards[tostring(a.serial_no)]
+  if not card then return err_json(400, "no card " .. tostring(a.serial_no)) end
+  local action = tonumber(a.action_type or 1)
+  local now = self.now()
+  local body
+  if action == 1 then
+    local pid = tonumber(a.product_id or 1003)
+    local info = PRODUCTS[pid]
+    if not info then return err_json(400, "no product " .. tostring(a.product_id)) end
+    local o = self:new_order(card.serial_no, pid, now)
+    card.packages[#card.packages + 1] = { product_id = pid, from = now, to = now + info.days * DAY, used = 0 }
+    body = { action_type = 1, serial_no = card.serial_no, msisdn = card.msisdn, iccid = card.iccid,
+             order_no = o.order_no, product_id = pid, product_name = info.product_name,
+             data_value = mb(info.data_value), amount = info.price, time = cst(now) }
+  elseif action == 2 then
+    local on = tonumber(a.status or 0) == 1
+    card.status = on and 1 or 2
+    body = { action_type = 2, serial_no = card.serial_no, msisdn = card.msisdn, iccid = card.iccid,
+             status = on and 1 or 0, time = cst(now) }
+  else
+    return err_json(400, "action_type must be 1 (recharge) or 2 (on/off)")
+  end
+  local text = util.json_encode(body)
+  local retries = math.max(0, math.min(10, tonumber(a.retries or 3) or 3))
+  local rec = { id = self:next_id(), url = url, body = text, attempts = util.array(), ok = false }
+  for _ = 0, retries do
+    local got = post(self, url, text)
+    rec.attempts[#rec.attempts + 1] = got
+    local doc = got.body and util.json_decode(got.body)
+    if type(doc) == "table" and tonumber(doc.errcode) == 0 then
+      rec.ok = true
+      break
+    end
+  end
+  self.callbacks[#self.callbacks + 1] = rec
+  return util.json_value(rec)
+end
+
+return M
