@@ -112,7 +112,8 @@ function M.redact_url(url)
 end
 
 -- Common options: base_url, timeout (15 s), connect_timeout (5 s), ssl_verify (true), cainfo,
--- capath, proxy, user_agent, transport (an object with :request), clock (a function returning
+-- capath, proxy, user_agent, transport (an object with :request, or "curl", "ngx_thread",
+-- "resty_http"; see kaifang.transport), thread_pool (ngx_thread), clock (a function returning
 -- unix seconds; for clock skew and tests), max_attempts (1: a retryable failure is returned at
 -- once; more: retried with backoff, only where it cannot duplicate), on_request, on_response.
 function M.new(Class, opts, fields)
@@ -149,17 +150,8 @@ function M.new(Class, opts, fields)
   M.hooks(self, opts)
   if opts.clock ~= nil and type(opts.clock) ~= "function" then fail(platform, "option 'clock' must be a function", 3) end
   self.clock = opts.clock or os.time
-  if opts.transport ~= nil then
-    if type(opts.transport) ~= "table" or type(opts.transport.request) ~= "function" then
-      fail(platform, "option 'transport' must be an object with a request method", 3)
-    end
-    self.transport = opts.transport
-  else
-    self.transport = require("kaifang.transport.curl").new{
-      timeout = self.timeout, connect_timeout = opts.connect_timeout, ssl_verify = opts.ssl_verify,
-      cainfo = opts.cainfo, capath = opts.capath, proxy = opts.proxy, user_agent = opts.user_agent,
-    }
-  end
+  local transport, terr = require("kaifang.transport").select(opts) -- explicit option, else nginx's or libcurl
+  self.transport = transport or fail(platform, terr, 3)
   return self
 end
 

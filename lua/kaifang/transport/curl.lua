@@ -3,6 +3,7 @@
 --   -> { status, headers, body } | nil, err
 local core = require "kaifang.core"
 local errors = require "kaifang.errors"
+local assert_may_block = require("kaifang.transport").assert_may_block
 
 local M = {}
 local Transport = {}
@@ -25,6 +26,7 @@ function M.new(opts)
 end
 
 function Transport:request(req)
+  assert_may_block("kaifang.transport.curl", 2) -- inside nginx, a clear error instead of a frozen worker
   local res, err = self.session:request(req)
   if res then return res end
   return nil, errors.new(err)

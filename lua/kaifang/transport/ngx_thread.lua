@@ -1,0 +1,128 @@
+-- kaifang.transport.ngx_thread: the libcurl transport run in an nginx thread pool, through
+-- ngx.run_worker_thread, so the request handler yields while a call is in flight and the
+-- worker's event loop keeps serving. The default inside nginx (see kaifang.transport.select).
+--
+--   thread_pool kaifang threads=32;          # nginx.conf, main context (outside http {})
+--   kaifang.lingdian.new{ ..., thread_pool = "kaifang" }   -- the default pool name
+--
+-- Phases: rewrite, access, content and timers yield. While the configuration loads (init) the
+-- call blocks, which is harmless then, on a connection that is closed right after (it must not
+-- be inherited by the workers). Any other phase (set, header/body filters, log, init_worker,
+-- balancer, ssl) raises a clear error: there is no way to wait there without freezing the worker.
+--
+-- A worker thread runs the call in one of lua-nginx-module's pooled thread VMs; the VM persists
+-- between tasks, so each keeps its core.http sessions (one per set of session options) and its
+-- connections stay alive. Same contract as every transport:
+--   request{ method, url, headers, body, timeout } -> { status, headers, body } | nil, err
+local core = require "kaifang.core"
+local errors = require "kaifang.errors"
+local transport = require "kaifang.transport"
+
+local M = {}
+
+M.default_pool = "kaifang"
+M.module_name = "kaifang.transport.ngx_thread"
+
+-- The core.http options a session is made with; a client's other options stay here.
+local SESSION_OPTS = { "connect_timeout", "timeout", "ssl_verify", "cainfo", "capath", "proxy", "user_agent", "max_body" }
+
+---------------------------------------------------------------------------- the thread side
+-- Runs in a worker thread's Lua VM (or in this VM outside nginx). Never raises: a raise inside
+-- the thread comes back as ("raise", message) and is raised again in the caller's coroutine.
+
+local sessions = {}            -- options key -> core.http session, for the life of this VM
+local stats = { requests = 0, sessions = 0, vm = tostring(sessions):match("0x%x+") or tostring(sessions) }
+
+local function session_for(key, opts)
+  local s = sessions[key]
+  if not s then
+    s = core.http(opts)
+    sessions[key] = s
+    stats.sessions = stats.sessions + 1
+  end
+  return s
+end
+
+function M.perform(key, opts, req)
+  stats.requests = stats.requests + 1
+  local ok, res, err = pcall(function() return session_for(key, opts):request(req) end)
+  if not ok then return "raise", tostring(res) end
+  if res then return "ok", res end
+  return "err", err
+end
+
+-- For tests and diagnostics: what this VM has done. { vm = id, requests = n, sessions = n }
+function M.stats()
+  return { vm = stats.vm, requests = stats.requests, sessions = stats.sessions }
+end
+
+---------------------------------------------------------------------------- the caller's side
+
+local Transport = {}
+Transport.__index = Transport
+
+function M.new(opts)
+  opts = opts or {}
+  local pool = opts.thread_pool or M.default_pool
+  if type(pool) ~= "string" or pool == "" then error("kaifang.transport.ngx_thread: option 'thread_pool' must be a pool name", 2) end
+  local so, parts = {}, {}
+  for _, k in ipairs(SESSION_OPTS) do
+    so[k] = opts[k]
+    parts[#parts + 1] = k .. "=" .. tostring(opts[k])
+  end
+  return setmetatable({ pool = pool, session_opts = so, key = table.concat(parts, "\n") }, Transport)
+end
+
+-- Failures of ngx.run_worker_thread that mean "busy", not "misconfigured": nothing was sent.
+local BUSY = { ["no available Lua vm"] = true, ["no memory"] = true, ["ngx_thread_task_post failed"] = true }
+
+local function outcome(tag, value, level)
+  if tag == "ok" then return value end
+  if tag == "err" then return nil, errors.new(value) end
+  error(value, level + 1)
+end
+
+function Transport:request(req)
+  local ngx = transport.ngx()
+  local phase = transport.phase()
+  if phase == nil then -- outside nginx: an ordinary blocking transport, kept alive
+    local tag, value = M.perform(self.key, self.session_opts, req)
+    return outcome(tag, value, 2)
+  end
+  if phase == "init" then -- blocking is harmless here, but the workers must not inherit the connection
+    local s = core.http(self.session_opts)
+    local res, err = s:request(req)
+    s:close()
+    if res then return res end
+    return nil, errors.new(err)
+  end
+  if not transport.yielding_phases[phase] then
+    error(("kaifang.transport.ngx_thread: an HTTP call cannot wait in nginx's '%s' phase without freezing the "
+      .. "worker; make the call from rewrite_by_lua*, access_by_lua*, content_by_lua* or an ngx.timer"):format(phase), 2)
+  end
+  local run = ngx.run_worker_thread
+  if type(run) ~= "function" then
+    error("kaifang.transport.ngx_thread: this nginx has no ngx.run_worker_thread (it needs a lua-nginx-module "
+      .. "that has it, such as Debian bookworm's 0.10.23, and nginx built with threads); use transport = \"resty_http\" instead", 2)
+  end
+  local ok, tag, value = run(self.pool, M.module_name, "perform", self.key, self.session_opts, req)
+  if ok then return outcome(tag, value, 2) end
+  local msg = tostring(tag)
+  if BUSY[msg] then
+    return nil, errors.new{ kind = "transport", message = "nginx thread pool '" .. self.pool .. "': " .. msg,
+                            retryable = true, maybe_sent = false }
+  end
+  if msg:find("thread pool .* not found") then
+    error(("kaifang.transport.ngx_thread: nginx has no thread pool '%s'; add `thread_pool %s threads=32;` to the "
+      .. "main context of nginx.conf (outside http {}), or name another pool with the 'thread_pool' option")
+      :format(self.pool, self.pool), 2)
+  end
+  error("kaifang.transport.ngx_thread: ngx.run_worker_thread failed: " .. msg
+    .. " (the thread VM loads kaifang with lua_package_path and lua_package_cpath)", 2)
+end
+
+function Transport:close() end
+
+Transport.__tostring = function(self) return "kaifang.transport.ngx_thread{ thread_pool = " .. self.pool .. " }" end
+
+return M

@@ -1,0 +1,264 @@
+-- The handlers behind spec/nginx/nginx.conf. spec_env (written by spec/openresty_spec.lua into the
+-- nginx prefix) says where the sandbox is, what it accepts, and what this nginx should do at start.
+local cjson = require "cjson.safe"
+local kaifang = require "kaifang"
+local kngx = require "kaifang.ngx"
+local env = require "spec_env"
+
+local M = {}
+
+local function reply(status, value)
+  ngx.status = status
+  ngx.header["Content-Type"] = "application/json"
+  ngx.print(cjson.encode(value))
+  return ngx.exit(ngx.OK)
+end
+
+-- Errors as plain tables (the kaifang error's fields, without its metatable).
+local function plain(err)
+  if type(err) ~= "table" then return { message = tostring(err) } end
+  return { kind = err.kind, code = err.code, message = err.message, retryable = err.retryable,
+           maybe_sent = err.maybe_sent, http_status = err.http_status, text = tostring(err) }
+end
+
+---------------------------------------------------------------------------- clients (one set per worker)
+
+local clients = {}
+
+function M.client(platform, transport)
+  local id = platform .. ":" .. (transport or "")
+  local c = clients[id]
+  if c then return c end
+  local opts = { base_url = env.sandbox, timeout = 5, transport = transport }
+  for k, v in pairs(env.credentials[platform] or {}) do opts[k] = v end
+  if platform == "zafu" then
+    opts.token_store = kaifang.store.ngx_shared("kaifang")
+    opts.sleep = require("kaifang.transport").sleep
+  end
+  c = kaifang[platform].new(opts)
+  clients[id] = c
+  return c
+end
+
+function M.init()
+  -- the modules the handlers use, loaded once in the master (the workers inherit them)
+  require "kaifang.lingdian"
+  require "kaifang.transport.ngx_thread"
+end
+
+function M.init_worker()
+  if env.zafu_at_start then
+    -- every worker needs the ZAFU token at once, as after a restart: one fetch must serve them all
+    ngx.timer.at(0, function()
+      local z = M.client("zafu")
+      local res, err = z:menu_list()
+      ngx.shared.spec:set("zafu:" .. ngx.worker.pid(), cjson.encode({ ok = res ~= nil, err = err and plain(err) }))
+    end)
+  end
+end
+
+---------------------------------------------------------------------------- calls
+
+-- POST /call/<platform>/<method>[?transport=name] with a JSON body: the method's argument (a table), or absent.
+function M.call()
+  local platform, method = ngx.var.uri:match("^/call/([%w_]+)/([%w_]+)$")
+  if not platform then return reply(404, { error = "no such call" }) end
+  ngx.req.read_body()
+  local body = ngx.req.get_body_data()
+  local args = body and body ~= "" and cjson.decode(body) or nil
+  local c = M.client(platform, ngx.var.arg_transport)
+  local started = ngx.now()
+  local ok, r1, r2 = pcall(c[method], c, args)
+  ngx.update_time()
+  local out = { pid = ngx.worker.pid(), elapsed = ngx.now() - started, transport = tostring(c.transport) }
+  if not ok then
+    out.raised = tostring(r1)
+  elseif r1 == nil then
+    out.err = plain(r2)
+  else
+    out.res = { r1, r2 }
+  end
+  return reply(200, out)
+end
+
+-- GET /hold?n=20: n Lingdian calls at once from light threads of this one request.
+function M.hold()
+  local n = tonumber(ngx.var.arg_n) or 20
+  local ld = M.client("lingdian")
+  ngx.update_time()
+  local started = ngx.now()
+  local threads = {}
+  for i = 1, n do
+    threads[i] = ngx.thread.spawn(function()
+      local tel, err = ld:get_user_tel_by_code{ user_code = "U2TD844B2" }
+      ngx.update_time()
+      return tel, err and tostring(err), ngx.now() - started
+    end)
+  end
+  local ok_count, errs, times = 0, {}, {}
+  for i = 1, n do
+    local _, tel, err, t = ngx.thread.wait(threads[i])
+    if tel == "13311112222" then ok_count = ok_count + 1 else errs[#errs + 1] = tostring(err) end
+    times[i] = t
+  end
+  ngx.update_time()
+  return reply(200, { n = n, ok = ok_count, errors = errs, times = times, elapsed = ngx.now() - started, pid = ngx.worker.pid() })
+end
+
+-- GET /threadstats?n=8: what the thread VMs report, n times in a row.
+function M.threadstats()
+  local out = {}
+  for i = 1, tonumber(ngx.var.arg_n) or 8 do
+    local ok, stats = ngx.run_worker_thread("kaifang", "kaifang.transport.ngx_thread", "stats")
+    out[i] = ok and stats or { error = tostring(stats) }
+  end
+  return reply(200, out)
+end
+
+-- GET /timer: a Lingdian call from an ngx.timer (thread transport), its outcome read back.
+function M.timer()
+  local key = "timer:" .. ngx.now() .. ":" .. math.random()
+  ngx.timer.at(0, function()
+    local tel, err = M.client("lingdian"):get_user_tel_by_code{ user_code = "U2TD844B2" }
+    ngx.shared.spec:set(key, cjson.encode({ tel = tel, err = err and tostring(err) }))
+  end)
+  for _ = 1, 500 do
+    local v = ngx.shared.spec:get(key)
+    if v then return reply(200, cjson.decode(v)) end
+    ngx.sleep(0.01)
+  end
+  return reply(504, { error = "the timer did not finish" })
+end
+
+-- GET /blocking: the libcurl transport chosen explicitly inside a request phase must refuse.
+function M.blocking()
+  local opts = { base_url = env.sandbox, transport = "curl" }
+  for k, v in pairs(env.credentials.lingdian) do opts[k] = v end
+  local ld = kaifang.lingdian.new(opts)
+  local ok, err = pcall(ld.get_user_tel_by_code, ld, { user_code = "U2TD844B2" })
+  return reply(200, { raised = not ok, message = tostring(err) })
+end
+
+-- set_by_lua: a phase that cannot yield; the default transport must refuse with a clear error.
+function M.set_phase()
+  local ok, err = pcall(function() return M.client("lingdian"):get_user_tel_by_code{ user_code = "U2TD844B2" } end)
+  return (ok and "no error" or tostring(err)):gsub("\n", " ")
+end
+
+---------------------------------------------------------------------------- ZAFU across workers
+
+function M.zafu_report()
+  local out = {}
+  for _, k in ipairs(ngx.shared.spec:get_keys(0)) do
+    local pid = k:match("^zafu:(%d+)$")
+    if pid then out[pid] = cjson.decode(ngx.shared.spec:get(k)) end
+  end
+  return reply(200, out)
+end
+
+function M.zafu_call()
+  local res, err = M.client("zafu"):menu_list()
+  return reply(200, { pid = ngx.worker.pid(), ok = res ~= nil, err = err and plain(err) })
+end
+
+---------------------------------------------------------------------------- the shared-dict store
+
+function M.store()
+  local st = kaifang.store.ngx_shared("kaifang")
+  local k = "spec:" .. ngx.worker.pid() .. ":" .. ngx.now() .. ":" .. math.random(1e9)
+  local r = {}
+  r.tostring = tostring(st)
+  r.get_absent = st:get(k) == nil
+  r.set = st:set(k, "v1", 0.2)
+  r.get = st:get(k)
+  r.delete_other = st:delete_if_equal(k, "v2")
+  r.still = st:get(k)
+  r.delete_same = st:delete_if_equal(k, "v1")
+  r.gone = st:get(k) == nil
+  st:set(k, "v3", 0.2)
+  ngx.sleep(0.3)
+  r.expired = st:get(k) == nil
+  r.lock_a = st:lock(k, "a", 0.2)
+  r.lock_b = st:lock(k, "b", 0.2)
+  r.lock_a_again = st:lock(k, "a", 0.2)
+  r.unlock_b = st:unlock(k, "b")
+  r.unlock_a = st:unlock(k, "a")
+  r.lock_b_after = st:lock(k, "b", 0.2)
+  ngx.sleep(0.3)
+  r.lock_a_after_expiry = st:lock(k, "a", 0.2)
+  st:unlock(k, "a")
+  return reply(200, r)
+end
+
+-- GET /take?rate=10&n=5: the waits the shared rate limiter hands out for n takes in a row.
+function M.take()
+  local st = kaifang.store.ngx_shared("kaifang")
+  local key = ngx.var.arg_key or ("spec:take:" .. ngx.worker.pid() .. ":" .. ngx.now() .. ":" .. math.random(1e9))
+  local waits = {}
+  for i = 1, tonumber(ngx.var.arg_n) or 5 do
+    waits[i] = st:take(key, tonumber(ngx.var.arg_rate) or 10, { burst = tonumber(ngx.var.arg_burst) })
+  end
+  local refused, over = st:take(key, tonumber(ngx.var.arg_rate) or 10, { max_wait = 0 })
+  return reply(200, { waits = waits, refused = refused == nil, over = over })
+end
+
+---------------------------------------------------------------------------- callbacks
+
+local function record(kind, event)
+  local d = ngx.shared.spec
+  d:incr("cb:n:" .. kind, 1, 0)
+  d:set("cb:last:" .. kind, cjson.encode(event))
+end
+
+local function maybe_fail()
+  if ngx.var.arg_fail == "raise" then error("the handler broke") end
+  if ngx.var.arg_fail == "nil_err" then return nil, "the database is down" end
+  return true
+end
+
+function M.yopoint_notify()
+  return kngx.yopoint_notify(M.client("yopoint"), function(notice, ctx)
+    local ok, err = maybe_fail()
+    if not ok then return ok, err end
+    record("yopoint_notify", { notice = notice, ctx = ctx })
+  end)
+end
+
+function M.yopoint_pay()
+  return kngx.yopoint_pay(M.client("yopoint"), function(r)
+    record("yopoint_pay", r)
+    return "https://pay.example/checkout?receipt_no=" .. r.receipt_no
+  end)
+end
+
+function M.dakashi()
+  return kngx.dakashi_callback(function(cb, ctx)
+    ngx.sleep(0.001) -- a handler may yield (a kaifang call, a database): it runs inside pcalls
+    local ok, err = maybe_fail()
+    if not ok then return ok, err end
+    record("dakashi", { cb = cb, ctx = ctx })
+  end)
+end
+
+function M.dakashi_allow()
+  return kngx.dakashi_callback(function(cb) record("dakashi_allow", cb) end, { allow = { "192.0.2.1" } })
+end
+
+function M.lingdian()
+  return kngx.lingdian_callback(M.client("lingdian"), function(fields, ctx)
+    local ok, err = maybe_fail()
+    if not ok then return ok, err end
+    record("lingdian", { fields = fields, ctx = ctx })
+  end)
+end
+
+function M.callback_log()
+  local d, out = ngx.shared.spec, {}
+  for _, k in ipairs(d:get_keys(0)) do
+    local kind = k:match("^cb:n:(.+)$")
+    if kind then out[kind] = { n = d:get(k), last = cjson.decode(d:get("cb:last:" .. kind) or "null") } end
+  end
+  return reply(200, out)
+end
+
+return M
