@@ -58,6 +58,7 @@ build = {
     ["kaifang.sandbox"] = "lua/kaifang/sandbox/init.lua",
     ["kaifang.sandbox.util"] = "lua/kaifang/sandbox/util.lua",
     ["kaifang.sandbox.timers"] = "lua/kaifang/sandbox/timers.lua",
+    ["kaifang.sandbox.faults"] = "lua/kaifang/sandbox/faults.lua",
     ["kaifang.sandbox.lingdian"] = "lua/kaifang/sandbox/lingdian.lua",
     ["kaifang.sandbox.zafu"] = "lua/kaifang/sandbox/zafu.lua",
     ["kaifang.sandbox.yopoint"] = "lua/kaifang/sandbox/yopoint.lua",

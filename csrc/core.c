@@ -556,7 +556,7 @@ static void prepare_request(lua_State *L, kf_http *h, int idx) {
       lua_pop(L, 2);
     }
   }
-  kf_http_prepare(h, method, url, body, bodylen, timeout_ms);
+  if (kf_http_prepare(h, method, url, body, bodylen, timeout_ms) != 0) luaL_error(L, "kaifang.http: out of memory");
   lua_settop(L, top);
 }
 

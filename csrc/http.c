@@ -27,6 +27,24 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud) {
   return buf_append(&h->body, ptr, size * nmemb, h->max_body) ? 0 : size * nmemb;
 }
 
+/* The request body goes out through a read callback that cannot seek back once bytes left:
+ * libcurl then cannot silently resend a request on a fresh connection after a reused one died
+ * (it does that for POSTFIELDS), which would deliver a notice or an order twice. */
+static size_t on_read(char *ptr, size_t size, size_t nmemb, void *ud) {
+  kf_http *h = ud;
+  size_t n = h->out.len - h->out_pos;
+  if (n > size * nmemb) n = size * nmemb;
+  if (n) memcpy(ptr, h->out.data + h->out_pos, n);
+  h->out_pos += n;
+  return n;
+}
+
+static int on_seek(void *ud, curl_off_t offset, int origin) {
+  kf_http *h = ud;
+  if (origin != SEEK_SET || offset != 0 || h->out_pos != 0) return CURL_SEEKFUNC_CANTSEEK;
+  return CURL_SEEKFUNC_OK;
+}
+
 static size_t on_header(char *ptr, size_t size, size_t nmemb, void *ud) {
   kf_http *h = ud;
   size_t n = size * nmemb;
@@ -66,6 +84,10 @@ int kf_http_init(kf_http *h, const kf_http_opts *o, char *err, size_t errlen) {
 #endif
   curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
+  curl_easy_setopt(e, CURLOPT_READDATA, h);
+  curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, on_seek);
+  curl_easy_setopt(e, CURLOPT_SEEKDATA, h);
   return 0;
 }
 
@@ -74,6 +96,7 @@ void kf_http_free(kf_http *h) {
   if (h->req_headers) curl_slist_free_all(h->req_headers);
   free(h->body.data);
   free(h->head.data);
+  free(h->out.data);
   memset(h, 0, sizeof *h);
 }
 
@@ -84,8 +107,8 @@ int kf_http_add_header(kf_http *h, const char *line) {
   return 0;
 }
 
-void kf_http_prepare(kf_http *h, const char *method, const char *url, const char *body, size_t bodylen,
-                     long timeout_ms) {
+int kf_http_prepare(kf_http *h, const char *method, const char *url, const char *body, size_t bodylen,
+                    long timeout_ms) {
   CURL *e = h->easy;
   int is_get = strcasecmp(method, "GET") == 0, is_head = strcasecmp(method, "HEAD") == 0;
   h->body.len = h->head.len = 0;
@@ -101,12 +124,15 @@ void kf_http_prepare(kf_http *h, const char *method, const char *url, const char
     curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
     curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, is_head ? "HEAD" : NULL);
   } else {
-    curl_easy_setopt(e, CURLOPT_POST, 1L);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(body ? bodylen : 0));
     /* a copy: in a batch the caller's string is gone before the transfer is */
-    curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, body ? body : "");
+    h->out.len = h->out_pos = 0;
+    if (body && bodylen && buf_append(&h->out, body, bodylen, (size_t)-1) != 0) return -1;
+    curl_easy_setopt(e, CURLOPT_POST, 1L);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, NULL);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)h->out.len);
     curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, strcasecmp(method, "POST") == 0 ? NULL : method);
   }
+  return 0;
 }
 
 void kf_http_finish(kf_http *h, CURLcode code, kf_result *r) {
@@ -131,7 +157,10 @@ void kf_http_finish(kf_http *h, CURLcode code, kf_result *r) {
 
 void kf_http_perform(kf_http *h, const char *method, const char *url, const char *body, size_t bodylen,
                      long timeout_ms, kf_result *r) {
-  kf_http_prepare(h, method, url, body, bodylen, timeout_ms);
+  if (kf_http_prepare(h, method, url, body, bodylen, timeout_ms) != 0) {
+    kf_http_finish(h, CURLE_OUT_OF_MEMORY, r);
+    return;
+  }
   kf_http_finish(h, curl_easy_perform(h->easy), r);
 }
 

@@ -27,6 +27,8 @@ typedef struct kf_http {
   CURL *easy;
   struct curl_slist *req_headers;
   kf_buf body, head;
+  kf_buf out;               /* the request body being sent */
+  size_t out_pos;
   size_t max_body;
   long connect_timeout_ms, timeout_ms;
   CURLcode last_code;       /* of the last transfer, in a batch */
@@ -60,8 +62,9 @@ void kf_http_perform(kf_http *h, const char *method, const char *url, const char
                      long timeout_ms, kf_result *r);
 
 /* The two halves of a request, for a caller that runs the transfer itself (a batch). */
-void kf_http_prepare(kf_http *h, const char *method, const char *url, const char *body, size_t bodylen,
-                     long timeout_ms);
+/* Returns 0, or -1 when out of memory (nothing is sent). */
+int kf_http_prepare(kf_http *h, const char *method, const char *url, const char *body, size_t bodylen,
+                    long timeout_ms);
 void kf_http_finish(kf_http *h, CURLcode code, kf_result *r);
 
 int kf_multi_init(kf_multi *m, int slots, const kf_http_opts *o, char *err, size_t errlen);

@@ -519,4 +519,7 @@ M.admin.callback = function(self, req)
   return util.json_value(rec)
 end
 
+-- The platform's own "too frequent" answer, for the injected fault of that name.
+function M.too_frequent_reply() return fail(55006) end
+
 return M

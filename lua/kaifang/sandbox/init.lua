@@ -18,6 +18,7 @@
 local httpd = require "kaifang.sandbox.httpd"
 local util = require "kaifang.sandbox.util"
 local Timers = require "kaifang.sandbox.timers"
+local Faults = require "kaifang.sandbox.faults"
 
 local M = {}
 
@@ -87,6 +88,7 @@ function App:reset(only)
       self.counts[p.name] = 0
     end
   end
+  if only == nil then self.faults = Faults.new() end
 end
 
 function App:credentials()
@@ -137,6 +139,19 @@ admin.config = function(self, req)
     if not ok then return err_json(400, e) end
   end
   return json_value(self:config_value())
+end
+
+admin.faults = function(self, req)
+  if req.method == "GET" then return json_value(self.faults:report()) end
+  if req.method ~= "POST" then return nil end
+  local changes, err = util.json_decode(req.body ~= "" and req.body or "{}")
+  if type(changes) ~= "table" then return err_json(400, err or "expected a JSON object") end
+  for name, settings in pairs(changes) do
+    if not self.by_name[name] then return err_json(400, "unknown platform " .. tostring(name)) end
+    local ok, e = self.faults:set(name, settings)
+    if not ok then return err_json(400, e) end
+  end
+  return json_value(self.faults:report())
 end
 
 admin.requests = function(self, req)
@@ -203,7 +218,9 @@ function App:dispatch(req)
   if not allowed then
     return text_response(405, "method not allowed\n", { Allow = table.concat(methods or { "POST" }, ", ") })
   end
-  return handler(p.inst, req)
+  local mod, inst = p.mod, p.inst
+  return self.faults:apply(p.name, function() return handler(inst, req) end,
+    mod.too_frequent_reply and function() return mod.too_frequent_reply(inst, req) end)
 end
 
 ---------------------------------------------------------------------------- the server loop

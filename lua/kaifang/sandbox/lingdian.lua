@@ -257,4 +257,7 @@ M.admin = {
   reminders = function(self) return util.json_value(self.reminders) end,
 }
 
+-- The platform's own "too frequent" answer, for the injected fault of that name.
+function M.too_frequent_reply() return reply(104, MSG.too_frequent, "[]") end
+
 return M

@@ -686,4 +686,7 @@ M.admin.pay_redirect = function(self, req)
   return util.json_value(rec)
 end
 
+-- The platform's own "too frequent" answer, for the injected fault of that name.
+function M.too_frequent_reply() return reply(E.frequent, "ERR_FREQUENT") end
+
 return M
