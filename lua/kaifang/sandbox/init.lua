@@ -170,6 +170,13 @@ admin.requests = function(self, req)
   return json_value(out)
 end
 
+-- The HTTP server's own counters: queued, pending (with Lua), answering, total, connections.
+admin.server = function(self, req)
+  if req.method ~= "GET" then return nil end
+  if not self.server then return err_json(404, "no server") end
+  return json_value(self.server:stats())
+end
+
 admin.info = function(self, req)
   if req.method ~= "GET" then return nil end
   local names = util.array()
@@ -287,6 +294,7 @@ function M.run(opts)
   for _, line in ipairs(app:credentials()) do out:write(line, "\n") end
   out:write(M.READY, httpd.getpid(), "\n")
   out:flush()
+  app.server = srv
   local ok, e = pcall(M.serve, srv, app, opts)
   srv:close()
   if not ok then error(e, 0) end
