@@ -130,6 +130,22 @@ describe("kaifang.batch", function()
     assert.are.equal(1, #sb:records("lingdian", "messages"))
   end)
 
+  it("ZAFU: a token refused mid-batch is dropped once and the calls go on with a new one", function()
+    local z = kaifang.zafu.new{ client_id = "zafu-demo", client_secret = "9d1f6b3c27e84a05b6c0e1f2a3d4c5b6",
+                                app_id = "01", base_url = sb.url }
+    assert(z:access_token())
+    local _, status = sb:admin("POST", "/_sandbox/zafu/expire")
+    assert.are.equal(200, status)
+    local calls = {}
+    for i = 1, 20 do calls[i] = { z, "must_task_list", {} } end
+    local summary = kaifang.batch(calls, { concurrency = 4, max_attempts = 1 })
+    assert.are.equal(20, summary.ok)
+    assert.is_true(summary.retries >= 1)
+    local tokens = sb:admin("GET", "/_sandbox/zafu/tokens")
+    assert.are.equal(2, tokens.issued) -- the first, and one replacement for the whole batch
+    z:close()
+  end)
+
   it("reports bad calls as failed without stopping the batch", function()
     local results = {}
     local summary = kaifang.batch({

@@ -125,6 +125,9 @@ local function progress_line(s, total, started)
 end
 
 function M.run(calls, opts)
+  -- one libcurl event loop that waits in C: fine in a script, a timer or a thread, never in a
+  -- request handler of nginx
+  require("kaifang.transport").assert_may_block("kaifang.batch", 2)
   opts = opts or {}
   if type(opts) ~= "table" then error("kaifang.batch: opts must be a table", 2) end
   local concurrency = opts.concurrency or 32
@@ -191,6 +194,7 @@ function M.run(calls, opts)
     end
     req.signed = nil
     limit:take(c, now)
+    item.req = req
     local slot = multi:submit(req)
     inflight[slot] = item
     active = active + 1
@@ -198,6 +202,16 @@ function M.run(calls, opts)
 
   local function complete(item, res, err)
     local c = item.client
+    local req = item.req
+    item.req = nil
+    -- a refused token (ZAFU): the call was not acted on; once more with the current token
+    if res and c.refused_token and not item.token_retried and c:refused_token(req, res) then
+      item.token_retried, item.due = true, monotonic()
+      item.attempt = item.attempt - 1
+      summary.retries = summary.retries + 1
+      heap_push(waiting, item)
+      return
+    end
     if err then err.platform = c.platform; err = errors.new(err) end
     local value, extra = c:outcome(item.ep, res, err, item.acts)
     if item.info then

@@ -4,7 +4,7 @@ local cjson = require "cjson.safe"
 local core = require "kaifang.core"
 local errors = require "kaifang.errors"
 
-local monotonic, sleep = core.monotonic, core.sleep
+local monotonic = core.monotonic
 
 local M = {}
 
@@ -218,7 +218,7 @@ function Base:call_endpoint(ep, args, call_opts)
     if value ~= nil or not (extra and extra.retryable) or attempt >= self.max_attempts then
       return value, extra
     end
-    sleep(M.backoff(attempt))
+    require("kaifang.transport").sleep(M.backoff(attempt)) -- ngx.sleep inside nginx
   end
 end
 

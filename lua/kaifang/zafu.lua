@@ -147,7 +147,7 @@ function M.new(opts)
   -- waiting for another's refresh: the store's own sleep where it has one (ngx.sleep in nginx)
   local has, store_sleep = pcall(function() return ts.sleep end)
   store_sleep = has and type(store_sleep) == "function"
-  self.sleep = opts.sleep or (store_sleep and function(s) return ts:sleep(s) end) or core.sleep
+  self.sleep = opts.sleep or (store_sleep and function(s) return ts:sleep(s) end) or require("kaifang.transport").sleep
   self.now = opts.clock or core.now -- token expiry needs sub-second time; os.time is whole seconds
   self.monotonic = opts.clock or core.monotonic
 
@@ -328,6 +328,8 @@ end
 ---------------------------------------------------------------------------- calls
 
 -- The token was refused (expired, superseded, unknown): HTTP 401/403 with an OAuth error.
+local batch_tokens = setmetatable({}, { __mode = "k" }) -- request -> the token record it carries
+
 local function token_refused(res)
   if res.status ~= 401 and res.status ~= 403 then return false end
   local doc = decode_object(res.body)
@@ -354,10 +356,11 @@ end
 -- token: the one to send; without it (kaifang.batch builds requests itself) the current one,
 -- and a failure to get it raises, which the batch reports for that call.
 function Zafu:build_request(ep, args, token)
+  local raw
   if token == nil then
     local rec, err = self:token_record()
     if not rec then error(tostring(err), 0) end
-    token = rec.access_token
+    token, raw = rec.access_token, rec.raw
   end
   self:remember(token)
   local params = {}
@@ -373,12 +376,24 @@ function Zafu:build_request(ep, args, token)
   else
     body = core.form_encode(params)
   end
-  return {
+  local req = {
     method = "POST",
     url = self.base_url .. ep.path .. "?" .. core.form_encode(query),
     headers = { ["Content-Type"] = "application/x-www-form-urlencoded" },
     body = body,
   }
+  if raw then batch_tokens[req] = raw end
+  return req
+end
+
+-- For kaifang.batch: true when res refused the token req was built with; that token is then
+-- dropped from the store if it is still the current one, and the batch sends the call once more.
+function Zafu:refused_token(req, res)
+  if not token_refused(res) then return false end
+  self.stats.refused = self.stats.refused + 1
+  local raw = batch_tokens[req]
+  if raw then self.token_store:delete_if_equal(self.token_key, raw) end
+  return true
 end
 
 -- One request with the token of rec, through the hooks -> value, extra, refused
