@@ -80,8 +80,12 @@ test: deps all luajit compilers unit rock spec
 demo: deps all
 	$(LUA) examples/demo.lua
 
+BENCH_PACKAGES := wrk gnuplot-nox lua-luaossl lua-socket
 bench: deps all
+	@$(MAKE) --no-print-directory deps DEBIAN_PACKAGES="$(BENCH_PACKAGES)"
 	$(LUA) bench/sign.lua
+	$(LUA) bench/batch.lua
+	$(LUA) bench/memory.lua
 
 clean:
 	rm -rf build
