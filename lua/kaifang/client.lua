@@ -3,6 +3,7 @@
 local cjson = require "cjson.safe"
 local core = require "kaifang.core"
 local errors = require "kaifang.errors"
+local sign = require "kaifang.sign"
 
 local monotonic = core.monotonic
 
@@ -161,6 +162,15 @@ function M.secret(self)
   return secrets[self]
 end
 
+-- Sets params.sign in the platform's scheme with the client's secret. Returns the string-to-sign,
+-- secret masked, when the debug hook will print it. A module function for the same reason.
+function M.sign(self, params)
+  local secret = secrets[self]
+  local signature, string_to_sign = sign.signer(self.platform):sign(params, secret)
+  params.sign = signature
+  return self.debug and sign.mask(string_to_sign, secret) or nil
+end
+
 function Base:error(fields)
   fields.platform = self.platform
   return errors.new(fields)
@@ -248,7 +258,11 @@ function Base:outcome(ep, res, err, acts)
   return value, extra
 end
 
-local tointeger = math.tointeger or function(x) return x end
+-- LuaJIT (inside nginx) has no integer subtype: a stand-in for math.tointeger there.
+local tointeger = math.tointeger or function(x)
+  if type(x) == "number" and x == math.floor(x) and x > -2 ^ 53 and x < 2 ^ 53 then return x end
+end
+M.tointeger = tointeger
 
 -- cjson reads every JSON number as a float; codes and ids are integers (104, not 104.0).
 local function integers(v)
@@ -283,6 +297,28 @@ function Base:decode(ep, res)
     }
   end
   return doc
+end
+
+-- Replies shaped { <code_field> = 0 | code, <message_field> = text, data = ... }: data (absent or
+-- null: {}) and the reply for code 0; else nil, err (a reply without the code is a decode error).
+-- A platform error carries the code as sent and the message when it is text; the platform
+-- module settles the rest (retryable, a message of its own) on it.
+function Base:coded_reply(ep, res, code_field, message_field)
+  local doc, err = self:decode(ep, res)
+  if not doc then return nil, err end
+  local code = doc[code_field]
+  if code == 0 or code == "0" then
+    local data = doc.data
+    if data == nil or data == cjson.null then data = {} end
+    return data, doc
+  end
+  if code == nil or code == cjson.null then
+    return nil, self:error{ kind = "decode", http_status = res.status,
+                            message = "reply without " .. code_field .. ": " .. (res.body or ""):sub(1, 100) }
+  end
+  local message = doc[message_field]
+  return nil, self:error{ kind = "platform", code = code, http_status = res.status,
+                          message = type(message) == "string" and message or nil }
 end
 
 function Base:close()

@@ -4,12 +4,8 @@
 local cjson = require "cjson.safe"
 local client = require "kaifang.client"
 local errors = require "kaifang.errors"
-local sign = require "kaifang.sign"
 
--- LuaJIT (inside nginx) has no integer subtype: stand-ins for math.tointeger and math.type there.
-local tointeger = math.tointeger or function(x)
-  if type(x) == "number" and x == math.floor(x) and x > -2 ^ 53 and x < 2 ^ 53 then return x end
-end
+local tointeger = client.tointeger -- math.tointeger, or a stand-in under LuaJIT
 
 local M = {}
 
@@ -145,15 +141,13 @@ function Dakashi:build_request(ep, args)
   for k, v in pairs(args) do params[k] = type(v) == "number" and tointeger(v) or v end
   params[self.id_field] = self.client_id
   params.timestamp = math.floor(self.clock())
-  local secret = client.secret(self)
-  local signature, string_to_sign = sign.signer("dakashi"):sign(params, secret)
-  params.sign = signature
+  local signed = client.sign(self, params)
   return {
     method = "POST",
     url = self.base_url .. ep.path,
     headers = { ["Content-Type"] = "application/json" },
     body = json_object(params),
-    signed = self.debug and sign.mask(string_to_sign, secret) or nil,
+    signed = signed,
   }
 end
 
@@ -175,23 +169,14 @@ M.ERRORS = {
 local TOO_FREQUENT = 55006
 
 function Dakashi:interpret(ep, res)
-  local doc, err = self:decode(ep, res)
-  if not doc then return nil, err end
-  local code = doc.errcode
-  if code == 0 or code == "0" then
-    local data = doc.data
-    if data == nil or data == cjson.null then data = {} end
-    return data, doc
+  local data, extra = self:coded_reply(ep, res, "errcode", "errmsg")
+  if data == nil and extra.kind == "platform" then
+    local code = tonumber(extra.code)
+    extra.code = tointeger(code) or extra.code
+    extra.message = extra.message or M.ERRORS[code]
+    extra.retryable = code == TOO_FREQUENT
   end
-  if code == nil or code == cjson.null then
-    return nil, self:error{ kind = "decode", http_status = res.status,
-                            message = "reply without errcode: " .. (res.body or ""):sub(1, 100) }
-  end
-  return nil, self:error{
-    kind = "platform", code = tointeger(tonumber(code)) or code,
-    message = type(doc.errmsg) == "string" and doc.errmsg or M.ERRORS[tonumber(code)],
-    http_status = res.status, retryable = tonumber(code) == TOO_FREQUENT,
-  }
+  return data, extra
 end
 
 ---------------------------------------------------------------------------- callbacks

@@ -1,7 +1,6 @@
 -- Lingdian Campus (零点校园): MD5-signed form posts; code 100 is success.
 local core = require "kaifang.core"
 local client = require "kaifang.client"
-local sign = require "kaifang.sign"
 
 local M = {}
 
@@ -58,15 +57,13 @@ function Lingdian:build_request(ep, args)
   params.developer_code = self.developer_code
   params.type = ep.type
   params.timestamp = math.floor(self.clock())
-  local secret = client.secret(self)
-  local signature, string_to_sign = sign.signer("lingdian"):sign(params, secret)
-  params.sign = signature
+  local signed = client.sign(self, params)
   return {
     method = "POST",
     url = self.base_url .. ep.path,
     headers = { ["Content-Type"] = "application/x-www-form-urlencoded" },
     body = core.form_encode(params),
-    signed = self.debug and sign.mask(string_to_sign, secret) or nil,
+    signed = signed,
   }
 end
 

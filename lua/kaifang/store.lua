@@ -39,24 +39,27 @@ local function from_core(e, where)
   return store_error(e.kind, (where and (where .. ": ") or "") .. tostring(e.message))
 end
 
-local function fail(msg, level) error("kaifang.store: " .. msg, level + 1) end
-
-local function check_key(key, level)
-  if type(key) ~= "string" or key == "" then fail("the key must be a non-empty string, got " .. type(key), level + 1) end
+-- The stores' argument checks, raising "<prefix>: ..." at `level` as error() counts it; for
+-- this module and kaifang.store.ngx_shared only. -> fail, check_key, check_value, check_ttl, check_owner
+function M.argument_checks(prefix)
+  local function fail(msg, level) error(prefix .. ": " .. msg, level + 1) end
+  return fail,
+    function(key, level)
+      if type(key) ~= "string" or key == "" then fail("the key must be a non-empty string, got " .. type(key), level + 1) end
+    end,
+    function(value, level)
+      if type(value) ~= "string" then fail("the value must be a string, got " .. type(value), level + 1) end
+    end,
+    function(ttl, level, required)
+      if ttl == nil and not required then return end
+      if type(ttl) ~= "number" or ttl <= 0 then fail("the ttl must be a positive number of seconds", level + 1) end
+    end,
+    function(owner, level)
+      if type(owner) ~= "string" or owner == "" then fail("the lock owner must be a non-empty string", level + 1) end
+    end
 end
 
-local function check_value(value, level)
-  if type(value) ~= "string" then fail("the value must be a string, got " .. type(value), level + 1) end
-end
-
-local function check_ttl(ttl, level, required)
-  if ttl == nil and not required then return end
-  if type(ttl) ~= "number" or ttl <= 0 then fail("the ttl must be a positive number of seconds", level + 1) end
-end
-
-local function check_owner(owner, level)
-  if type(owner) ~= "string" or owner == "" then fail("the lock owner must be a non-empty string", level + 1) end
-end
+local fail, check_key, check_value, check_ttl, check_owner = M.argument_checks("kaifang.store")
 
 local METHODS = { "get", "set", "delete_if_equal", "lock", "unlock" }
 

@@ -7,10 +7,8 @@ local core = require "kaifang.core"
 local client = require "kaifang.client"
 local sign = require "kaifang.sign"
 
--- LuaJIT (inside nginx) has no integer subtype: stand-ins for math.tointeger and math.type there.
-local tointeger = math.tointeger or function(x)
-  if type(x) == "number" and x == math.floor(x) and x > -2 ^ 53 and x < 2 ^ 53 then return x end
-end
+-- LuaJIT (inside nginx) has no integer subtype: math.tointeger and math.type, or stand-ins there.
+local tointeger = client.tointeger
 local mtype = math.type or function(x)
   if type(x) ~= "number" then return nil end
   return tointeger(x) and "integer" or "float"
@@ -248,15 +246,13 @@ function Yopoint:build_request(ep, args)
     timestamp = timestamp(self),
     sign_type = "md5",
   }
-  local secret = client.secret(self)
-  local signature, string_to_sign = sign.signer("yopoint"):sign(params, secret)
-  params.sign = signature
+  local signed = client.sign(self, params)
   return {
     method = "POST",
     url = self.base_url .. M.GATEWAY,
     headers = { ["Content-Type"] = "application/x-www-form-urlencoded" },
     body = core.form_encode(params),
-    signed = self.debug and sign.mask(string_to_sign, secret) or nil,
+    signed = signed,
   }
 end
 
@@ -270,23 +266,11 @@ local RETRYABLE = { ERR_FREQUENT = true }
 
 function Yopoint:interpret(ep, res)
   if ep.kind == "pay_notify" then return self:pay_notify_result(ep, res) end
-  local doc, err = self:decode(ep, res)
-  if not doc then return nil, err end
-  local code = doc.error_code
-  if code == 0 or code == "0" then
-    local data = doc.data
-    if data == nil or data == cjson.null then data = {} end
-    return data, doc
+  local data, extra = self:coded_reply(ep, res, "error_code", "error_msg")
+  if data == nil and extra.kind == "platform" then
+    extra.retryable = RETRYABLE[extra.message] == true or RETRYABLE[extra.code] == true
   end
-  if code == nil or code == cjson.null then
-    return nil, self:error{ kind = "decode", http_status = res.status,
-                            message = "reply without error_code: " .. (res.body or ""):sub(1, 100) }
-  end
-  local message = type(doc.error_msg) == "string" and doc.error_msg or nil
-  return nil, self:error{
-    kind = "platform", code = code, message = message, http_status = res.status,
-    retryable = RETRYABLE[message] == true or RETRYABLE[code] == true,
-  }
+  return data, extra
 end
 
 ---------------------------------------------------------------------------- third-party payment

@@ -5,7 +5,7 @@
 -- errcode 50000 are in the document; the other interfaces' parameters and replies and the
 -- 55001-55019 codes are the sandbox's reading of public integrations (see
 -- doc/readme-yopoint-dakashi.md).
-local core = require "kaifang.core" -- digests (and, for callbacks only, its HTTP client)
+local core = require "kaifang.core" -- digests
 local util = require "kaifang.sandbox.util"
 
 local M = {}
@@ -105,11 +105,6 @@ end
 
 ---------------------------------------------------------------------------- helpers
 
-local function is_json(headers)
-  local ct = headers and headers["content-type"] or ""
-  return ct:lower():match("^%s*application/json%s*[;]?") ~= nil
-end
-
 -- A decoded JSON value as the text PHP would put in the string to sign, or nil for what cannot
 -- be signed (arrays, objects).
 local function text_of(v)
@@ -127,40 +122,6 @@ end
 -- by "&" (empty values left out), the secret appended directly; SHA1, upper-case hex.
 local function sign_with(params, secret)
   return core.digest("sha1", util.canonical(params, { sign = true }, true) .. secret, "HEX")
-end
-
-local function loops_back(url, req)
-  local own = (req.headers and req.headers.host or ""):lower()
-  local own_port = own:match(":(%d+)$") or "80"
-  local authority = url:match("^%a+://([^/?#]+)")
-  if not authority then return false end
-  authority = authority:lower():gsub("^.*@", "")
-  local host, port = authority:match("^%[(.*)%]:?(%d*)$")
-  if not host then host, port = authority:match("^([^:]*):?(%d*)$") end
-  if port == "" then port = url:match("^https:") and "443" or "80" end
-  if port ~= own_port then return false end
-  local own_host = own:match("^%[(.*)%]") or own:match("^([^:]*)")
-  return host == own_host or host == "127.0.0.1" or host == "localhost" or host == "::1" or host == "0.0.0.0"
-end
-
-local function post(self, url, body)
-  local t = self.config.callback_timeout
-  if t <= 0 then t = 0.001 end
-  local session = core.http({ connect_timeout = t, timeout = t })
-  local res, err = session:request({ method = "POST", url = url, headers = { ["Content-Type"] = "application/json" }, body = body })
-  session:close()
-  if res then return { status = res.status, body = res.body } end
-  return { error = err.message or tostring(err.code), kind = err.kind }
-end
-
-local function err_json(status, message) return util.json_value({ error = message }, status) end
-
-local function admin_params(req)
-  if req.method == "GET" then return util.parse_form(req.query) or {} end
-  if req.body == nil or req.body == "" then return {} end
-  local v = util.json_decode(req.body)
-  if type(v) ~= "table" then return nil, err_json(400, "expected a JSON object") end
-  return v
 end
 
 ---------------------------------------------------------------------------- instance
@@ -193,10 +154,8 @@ function M.new(ctx)
   return self
 end
 
-function Instance:next_id()
-  self.seq = self.seq + 1
-  return self.seq
-end
+Instance.next_id = util.next_id
+Instance.admit = util.admit
 
 function Instance:new_order(serial_no, product_id, t)
   local id = self:next_id()
@@ -206,25 +165,6 @@ function Instance:new_order(serial_no, product_id, t)
   self.orders[o.order_no] = o
   self.order_list[#self.order_list + 1] = o
   return o
-end
-
-function Instance:admit(id)
-  local rate = self.config.rate
-  if rate == nil then return true end
-  local q = self.admitted[id]
-  if not q then
-    q = { first = 1, last = 0 }
-    self.admitted[id] = q
-  end
-  local now = self.clock()
-  while q.first <= q.last and q[q.first] <= now - 1 do
-    q[q.first] = nil
-    q.first = q.first + 1
-  end
-  if q.last - q.first + 1 >= rate then return false end
-  q.last = q.last + 1
-  q[q.last] = now
-  return true
 end
 
 -- Usage now: packages still running, their totals, and the latest expiry.
@@ -268,7 +208,7 @@ end
 
 -- Returns params (as text), client id, client or nil, reply.
 function Instance:gate(req)
-  if not is_json(req.headers) then return nil, fail(55008, "Content-Type 须为 application/json") end
+  if not util.is_json(req.headers) then return nil, fail(55008, "Content-Type 须为 application/json") end
   local doc = util.json_decode(req.body or "")
   if type(doc) ~= "table" or (doc[1] ~= nil) then return nil, fail(55008, "请求体须为 JSON 对象") end
   local p = {}
@@ -452,11 +392,11 @@ end
 -- POST {"serial_no":"...","mb":100}: the card uses data (charged to its first running package).
 M.admin.use = function(self, req)
   if req.method ~= "POST" then return nil end
-  local a, res = admin_params(req)
+  local a, res = util.admin_params(req)
   if not a then return res end
   local card = self.cards[tostring(a.serial_no)]
   local amount = tonumber(a.mb)
-  if not card or not amount or amount < 0 then return err_json(400, "give a known serial_no and mb >= 0") end
+  if not card or not amount or amount < 0 then return util.err_json(400, "give a known serial_no and mb >= 0") end
   local now = self.now()
   for _, p in ipairs(card.packages) do
     if p.from <= now and now < p.to then
@@ -464,7 +404,7 @@ M.admin.use = function(self, req)
       return util.json_value(self:card_view(card))
     end
   end
-  return err_json(400, "card " .. card.serial_no .. " has no running package")
+  return util.err_json(400, "card " .. card.serial_no .. " has no running package")
 end
 
 -- POST {"url":"http://...","action_type":1,"serial_no":"...","product_id":1003,"status":1,"retries":3}
@@ -474,22 +414,22 @@ end
 -- `retries` more times (default 3, as the platform does, though here without waiting between).
 M.admin.callback = function(self, req)
   if req.method ~= "POST" then return nil end
-  local a, res = admin_params(req)
+  local a, res = util.admin_params(req)
   if not a then return res end
   local url = a.url
-  if type(url) ~= "string" or not url:match("^https?://") then return err_json(400, "give the receiver's url") end
-  if loops_back(url, req) then
-    return err_json(400, "the url points at the sandbox itself, which cannot answer while it sends; use another process")
+  if type(url) ~= "string" or not url:match("^https?://") then return util.err_json(400, "give the receiver's url") end
+  if util.loops_back(url, req) then
+    return util.err_json(400, "the url points at the sandbox itself, which cannot answer while it sends; use another process")
   end
   local card = self.cards[tostring(a.serial_no)]
-  if not card then return err_json(400, "no card " .. tostring(a.serial_no)) end
+  if not card then return util.err_json(400, "no card " .. tostring(a.serial_no)) end
   local action = tonumber(a.action_type or 1)
   local now = self.now()
   local body
   if action == 1 then
     local pid = tonumber(a.product_id or 1003)
     local info = PRODUCTS[pid]
-    if not info then return err_json(400, "no product " .. tostring(a.product_id)) end
+    if not info then return util.err_json(400, "no product " .. tostring(a.product_id)) end
     local o = self:new_order(card.serial_no, pid, now)
     card.packages[#card.packages + 1] = { product_id = pid, from = now, to = now + info.days * DAY, used = 0 }
     body = { action_type = 1, serial_no = card.serial_no, msisdn = card.msisdn, iccid = card.iccid,
@@ -501,13 +441,13 @@ M.admin.callback = function(self, req)
     body = { action_type = 2, serial_no = card.serial_no, msisdn = card.msisdn, iccid = card.iccid,
              status = on and 1 or 0, time = cst(now) }
   else
-    return err_json(400, "action_type must be 1 (recharge) or 2 (on/off)")
+    return util.err_json(400, "action_type must be 1 (recharge) or 2 (on/off)")
   end
   local text = util.json_encode(body)
   local retries = math.max(0, math.min(10, tonumber(a.retries or 3) or 3))
   local rec = { id = self:next_id(), url = url, body = text, attempts = util.array(), ok = false }
   for _ = 0, retries do
-    local got = post(self, url, text)
+    local got = util.post(self, url, "application/json", text)
     rec.attempts[#rec.attempts + 1] = got
     local doc = got.body and util.json_decode(got.body)
     if type(doc) == "table" and tonumber(doc.errcode) == 0 then

@@ -111,31 +111,12 @@ function M.new(ctx)
   }, Instance)
 end
 
--- Sliding one-second window over admitted requests; rejected ones do not count, so a client
--- that backs off gets through again after a second.
-function Instance:admit(developer)
-  local rate = self.config.rate
-  if rate == nil then return true end
-  local q = self.admitted[developer]
-  if not q then
-    q = { first = 1, last = 0 }
-    self.admitted[developer] = q
-  end
-  local now = self.clock()
-  while q.first <= q.last and q[q.first] <= now - 1 do
-    q[q.first] = nil
-    q.first = q.first + 1
-  end
-  if q.last - q.first + 1 >= rate then return false end
-  q.last = q.last + 1
-  q[q.last] = now
-  return true
-end
+Instance.next_id = util.next_id
+Instance.admit = util.admit
 
 function Instance:record(list, req, params)
-  self.seq = self.seq + 1
   list[#list + 1] = {
-    id = self.seq,
+    id = self:next_id(),
     time = math.floor(self.now() * 1000) / 1000,
     path = req.path,
     params = params,

@@ -2,6 +2,7 @@
 -- Deliberately independent of the client pipeline (kaifang.core's signer and encoders), so the
 -- sandbox checks what was actually sent instead of agreeing with the client's own mistakes.
 local cjson = require "cjson"
+local core = require "kaifang.core" -- its HTTP client only, for the platforms' callbacks
 
 local M = {}
 
@@ -59,10 +60,15 @@ function M.canonical(params, exclude, drop_empty)
   return concat(parts, "&")
 end
 
--- Content-Type check by media type, ignoring parameters and case.
+-- Content-Type checks by media type, ignoring parameters and case.
 function M.is_form(headers)
   local ct = headers and headers["content-type"] or ""
   return ct:lower():match("^%s*application/x%-www%-form%-urlencoded%s*[;]?") ~= nil
+end
+
+function M.is_json(headers)
+  local ct = headers and headers["content-type"] or ""
+  return ct:lower():match("^%s*application/json") ~= nil
 end
 
 ---------------------------------------------------------------------------- JSON
@@ -147,6 +153,77 @@ function M.text_response(status, text, headers)
   local h = { ["Content-Type"] = "text/plain; charset=utf-8" }
   for k, v in pairs(headers or {}) do h[k] = v end
   return { status = status, headers = h, body = text }
+end
+
+function M.err_json(status, message) return M.json_value({ error = message }, status) end
+
+-- An admin call's arguments: the query of a GET, else a JSON object body (none: {}).
+-- Returns the table or nil, reply.
+function M.admin_params(req)
+  if req.method == "GET" then return M.parse_form(req.query) or {} end
+  if req.body == nil or req.body == "" then return {} end
+  local v = M.json_decode(req.body)
+  if type(v) ~= "table" then return nil, M.err_json(400, "expected a JSON object") end
+  return v
+end
+
+---------------------------------------------------------------------------- platform instances
+-- Methods the platform modules' instances share (each has config, clock, seq and admitted).
+
+function M.next_id(self)
+  self.seq = self.seq + 1
+  return self.seq
+end
+
+-- Whether a call from `id` fits config.rate (calls a second; nil: unlimited). A sliding
+-- one-second window over admitted calls; rejected ones do not count, so a client that backs
+-- off gets through again after a second.
+function M.admit(self, id)
+  local rate = self.config.rate
+  if rate == nil then return true end
+  local q = self.admitted[id]
+  if not q then
+    q = { first = 1, last = 0 }
+    self.admitted[id] = q
+  end
+  local now = self.clock()
+  while q.first <= q.last and q[q.first] <= now - 1 do
+    q[q.first] = nil
+    q.first = q.first + 1
+  end
+  if q.last - q.first + 1 >= rate then return false end
+  q.last = q.last + 1
+  q[q.last] = now
+  return true
+end
+
+---------------------------------------------------------------------------- callbacks
+
+-- Whether url points back at this sandbox, which cannot answer while it is busy sending.
+function M.loops_back(url, req)
+  local own = (req.headers and req.headers.host or ""):lower()
+  local own_port = own:match(":(%d+)$") or "80"
+  local authority = url:match("^%a+://([^/?#]+)")
+  if not authority then return false end
+  authority = authority:lower():gsub("^.*@", "")
+  local host, port = authority:match("^%[(.*)%]:?(%d*)$")
+  if not host then host, port = authority:match("^([^:]*):?(%d*)$") end
+  if port == "" then port = url:match("^https:") and "443" or "80" end
+  if port ~= own_port then return false end
+  local own_host = own:match("^%[(.*)%]") or own:match("^([^:]*)")
+  return host == own_host or host == "127.0.0.1" or host == "localhost" or host == "::1" or host == "0.0.0.0"
+end
+
+-- POSTs a callback and waits (at most config.callback_timeout) for the answer: { status=, body= }
+-- or { error=, kind= }. The sandbox serves nothing meanwhile, so the receiver must be another process.
+function M.post(self, url, content_type, body)
+  local t = self.config.callback_timeout
+  if t <= 0 then t = 0.001 end
+  local session = core.http({ connect_timeout = t, timeout = t })
+  local res, err = session:request({ method = "POST", url = url, headers = { ["Content-Type"] = content_type }, body = body })
+  session:close()
+  if res then return { status = res.status, body = res.body } end
+  return { error = err.message or tostring(err.code), kind = err.kind }
 end
 
 return M

@@ -5,7 +5,7 @@
 -- the operator reports payments to, checked with the SignKey) and of order notices to the
 -- operator. Everything beyond the document (error codes, reply fields, the notice's method name)
 -- is the sandbox's own invention, listed in doc/readme-yopoint-dakashi.md.
-local core = require "kaifang.core" -- digests (and, for callbacks only, its HTTP client)
+local core = require "kaifang.core" -- digests
 local util = require "kaifang.sandbox.util"
 
 local M = {}
@@ -139,11 +139,6 @@ local function sign_with(params, key)
   return core.digest("md5", util.canonical(params, { sign = true }, false) .. "&" .. key)
 end
 
-local function is_json(headers)
-  local ct = headers and headers["content-type"] or ""
-  return ct:lower():match("^%s*application/json") ~= nil
-end
-
 -- A decoded JSON value as the text PHP would sign (numbers without ".0").
 local function text_of(v)
   if type(v) == "string" then return v end
@@ -158,43 +153,6 @@ local function int_of(v)
   local n = tonumber(v)
   if n and n == math.floor(n) then return math.tointeger(n) end
   return nil
-end
-
--- Whether url points back at this sandbox, which cannot answer while it is busy sending.
-local function loops_back(url, req)
-  local own = (req.headers and req.headers.host or ""):lower()
-  local own_port = own:match(":(%d+)$") or "80"
-  local authority = url:match("^%a+://([^/?#]+)")
-  if not authority then return false end
-  authority = authority:lower():gsub("^.*@", "")
-  local host, port = authority:match("^%[(.*)%]:?(%d*)$")
-  if not host then host, port = authority:match("^([^:]*):?(%d*)$") end
-  if port == "" then port = url:match("^https:") and "443" or "80" end
-  if port ~= own_port then return false end
-  local own_host = own:match("^%[(.*)%]") or own:match("^([^:]*)")
-  return host == own_host or host == "127.0.0.1" or host == "localhost" or host == "::1" or host == "0.0.0.0"
-end
-
--- POSTs a callback and waits (at most callback_timeout) for the answer. The sandbox serves
--- nothing meanwhile, so the receiver must be another process.
-local function post(self, url, content_type, body)
-  local t = self.config.callback_timeout
-  if t <= 0 then t = 0.001 end
-  local session = core.http({ connect_timeout = t, timeout = t })
-  local res, err = session:request({ method = "POST", url = url, headers = { ["Content-Type"] = content_type }, body = body })
-  session:close()
-  if res then return { status = res.status, body = res.body } end
-  return { error = err.message or tostring(err.code), kind = err.kind }
-end
-
-local function err_json(status, message) return util.json_value({ error = message }, status) end
-
-local function admin_params(req)
-  if req.method == "GET" then return util.parse_form(req.query) or {} end
-  if req.body == nil or req.body == "" then return {} end
-  local v = util.json_decode(req.body)
-  if type(v) ~= "table" then return nil, err_json(400, "expected a JSON object") end
-  return v
 end
 
 ---------------------------------------------------------------------------- instance
@@ -229,10 +187,8 @@ function M.new(ctx)
   return self
 end
 
-function Instance:next_id()
-  self.seq = self.seq + 1
-  return self.seq
-end
+Instance.next_id = util.next_id
+Instance.admit = util.admit
 
 -- A purchase at a cabinet: stock goes down, an order appears. Returns the order or nil, msg.
 function Instance:place(appid, tid, products, phone, pay_type, t, unpaid)
@@ -279,25 +235,6 @@ local function view(order)
   return v
 end
 
-function Instance:admit(appid)
-  local rate = self.config.rate
-  if rate == nil then return true end
-  local q = self.admitted[appid]
-  if not q then
-    q = { first = 1, last = 0 }
-    self.admitted[appid] = q
-  end
-  local now = self.clock()
-  while q.first <= q.last and q[q.first] <= now - 1 do
-    q[q.first] = nil
-    q.first = q.first + 1
-  end
-  if q.last - q.first + 1 >= rate then return false end
-  q.last = q.last + 1
-  q[q.last] = now
-  return true
-end
-
 ---------------------------------------------------------------------------- the gateway
 
 local COMMON = { "appid", "method", "biz_content", "version", "timestamp", "sign_type", "sign" }
@@ -309,7 +246,7 @@ function Instance:gate(req)
     local err
     p, err = util.parse_form(req.body)
     if not p then return nil, util.text_response(400, "malformed form body: " .. err .. "\n") end
-  elseif is_json(req.headers) then -- the document allows a JSON body too
+  elseif util.is_json(req.headers) then -- the document allows a JSON body too
     local doc = util.json_decode(req.body)
     if type(doc) ~= "table" then return nil, reply(E.missing, "MISSING_PARAMS_APPID") end
     p = {}
@@ -594,10 +531,10 @@ end
 -- order waiting for the operator's payment. Replies with the order.
 M.admin.order = function(self, req)
   if req.method ~= "POST" then return nil end
-  local a, res = admin_params(req)
+  local a, res = util.admin_params(req)
   if not a then return res end
   local cab = self.cabinets[tostring(a.TID)]
-  if not cab then return err_json(400, "no cabinet " .. tostring(a.TID)) end
+  if not cab then return util.err_json(400, "no cabinet " .. tostring(a.TID)) end
   local products = a.Products
   if type(products) ~= "table" or #products == 0 then
     products = {}
@@ -609,7 +546,7 @@ M.admin.order = function(self, req)
     if ids[1] then products[1] = { ProductId = ids[1], Num = 1 } end
   end
   local order, err = self:place(APPID, a.TID, products, a.Phone, a.PayType, self.now(), a.PayType == "thirdpay")
-  if not order then return err_json(400, err) end
+  if not order then return util.err_json(400, err) end
   for i = 1, cab.doors do cab.door_state[i] = "closed" end
   return util.json_value(view(order))
 end
@@ -627,22 +564,22 @@ end
 -- was sent and what the receiver answered; ok is true when it answered `success`.
 M.admin.notify = function(self, req)
   if req.method ~= "POST" then return nil end
-  local a, res = admin_params(req)
+  local a, res = util.admin_params(req)
   if not a then return res end
   local order = a.ReceiptNo and self.by_receipt[tostring(a.ReceiptNo)] or (a.ReceiptNo == nil and latest_order(self))
-  if not order then return err_json(400, "no order " .. tostring(a.ReceiptNo)) end
+  if not order then return util.err_json(400, "no order " .. tostring(a.ReceiptNo)) end
   local tp = self.thirdpay[order._appid]
   local url = a.url or tp.ServerUrl
   if type(url) ~= "string" or not url:match("^https?://") then
-    return err_json(400, "give a url (or register a ServerUrl with operators.config.thirdpay.set)")
+    return util.err_json(400, "give a url (or register a ServerUrl with operators.config.thirdpay.set)")
   end
-  if loops_back(url, req) then
-    return err_json(400, "the url points at the sandbox itself, which cannot answer while it sends; use another process")
+  if util.loops_back(url, req) then
+    return util.err_json(400, "the url points at the sandbox itself, which cannot answer while it sends; use another process")
   end
   local op = OPERATORS[order._appid]
   local key = a.secret or (a.key == "sign_key" and tp.SignKey or op.secret)
   if a.key ~= nil and a.key ~= "app_secret" and a.key ~= "sign_key" then
-    return err_json(400, "key must be app_secret or sign_key")
+    return util.err_json(400, "key must be app_secret or sign_key")
   end
   local age = tonumber(a.age or 0) or 0
   local params = {
@@ -656,7 +593,7 @@ M.admin.notify = function(self, req)
     params.biz_content = util.json_encode(o)
   end
   local rec = { id = self:next_id(), url = url, params = params, time = math.floor(self.now() * 1000) / 1000 }
-  local got = post(self, url, "application/x-www-form-urlencoded", form(params))
+  local got = util.post(self, url, "application/x-www-form-urlencoded", form(params))
   rec.status, rec.body, rec.error = got.status, got.body, got.error
   rec.ok = got.body ~= nil and got.status >= 200 and got.status < 300 and got.body:match("^%s*(.-)%s*$") == "success"
   self.notices[#self.notices + 1] = rec
@@ -667,10 +604,10 @@ end
 -- Where Yopoint sends the buyer of a thirdpay order: PayUrl?receipt_no=&return_url=&notify_url=
 -- &timestamp=&sign= (signed with the SignKey; notify_url is this sandbox's /api/thirdpay/notify).
 M.admin.pay_redirect = function(self, req)
-  local a, res = admin_params(req)
+  local a, res = util.admin_params(req)
   if not a then return res end
   local order = self.by_receipt[tostring(a.ReceiptNo)]
-  if not order then return err_json(400, "no order " .. tostring(a.ReceiptNo)) end
+  if not order then return util.err_json(400, "no order " .. tostring(a.ReceiptNo)) end
   local tp = self.thirdpay[order._appid]
   local host = req.headers and req.headers.host or "127.0.0.1"
   local params = {

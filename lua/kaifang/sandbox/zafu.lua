@@ -149,15 +149,7 @@ function M.new(ctx)
   }, Instance)
 end
 
-function Instance:next_id()
-  self.seq = self.seq + 1
-  return self.seq
-end
-
-local function is_json(headers)
-  local ct = headers and headers["content-type"] or ""
-  return ct:lower():match("^%s*application/json") ~= nil
-end
+Instance.next_id = util.next_id
 
 local function query_of(req) return util.parse_form(req.query) or {} end
 
@@ -171,7 +163,7 @@ end
 ---------------------------------------------------------------------------- POST /oauth/token
 
 local function token(self, req)
-  local body = is_json(req.headers) and util.json_decode(req.body or "") or nil
+  local body = util.is_json(req.headers) and util.json_decode(req.body or "") or nil
   if type(body) ~= "table" then
     return oauth_error(400, "invalid_request", "Missing grant type") -- no JSON body: nothing read
   end

@@ -30,24 +30,8 @@ Store.__name = "kaifang.store.ngx_shared"
 local MUTEX_TTL = 0.05
 local PREFIX_MUTEX, PREFIX_LOCK, PREFIX_RATE = "\1mu:", "\1lock:", "\1rate:"
 
-local function fail(msg, level) error("kaifang.store.ngx_shared: " .. msg, level + 1) end
-
-local function check_key(key, level)
-  if type(key) ~= "string" or key == "" then fail("the key must be a non-empty string, got " .. type(key), level + 1) end
-end
-
-local function check_value(value, level)
-  if type(value) ~= "string" then fail("the value must be a string, got " .. type(value), level + 1) end
-end
-
-local function check_ttl(ttl, level, required)
-  if ttl == nil and not required then return end
-  if type(ttl) ~= "number" or ttl <= 0 then fail("the ttl must be a positive number of seconds", level + 1) end
-end
-
-local function check_owner(owner, level)
-  if type(owner) ~= "string" or owner == "" then fail("the lock owner must be a non-empty string", level + 1) end
-end
+local fail, check_key, check_value, check_ttl, check_owner =
+  require("kaifang.store").argument_checks("kaifang.store.ngx_shared")
 
 local function store_error(code, message)
   return require("kaifang.errors").new{ platform = "store", kind = "store", code = code, message = message, retryable = true }
