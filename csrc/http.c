@@ -209,29 +209,34 @@ int kf_multi_start(kf_multi *m, int slot) {
   return 0;
 }
 
+/* Moves finished transfers to done. */
+static void collect_finished(kf_multi *m) {
+  CURLMsg *msg;
+  int queued;
+  while ((msg = curl_multi_info_read(m->multi, &queued)) != NULL) {
+    kf_http *h = NULL;
+    if (msg->msg != CURLMSG_DONE) continue;
+    curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&h);
+    h->last_code = msg->data.result;
+    curl_multi_remove_handle(m->multi, msg->easy_handle);
+    m->active--;
+    m->done[m->ndone++] = (int)(h - m->slots);
+  }
+}
+
 /* Drives the transfers until one finishes or timeout_ms passes; finished slots queue in done. */
 int kf_multi_wait(kf_multi *m, long timeout_ms, char *err, size_t errlen) {
-  int running = 0, queued;
+  int running = 0;
   CURLMcode mc = curl_multi_perform(m->multi, &running);
-  CURLMsg *msg;
+  if (mc == CURLM_OK) collect_finished(m);
   if (mc == CURLM_OK && m->ndone == 0 && running > 0 && timeout_ms > 0) {
     mc = curl_multi_poll(m->multi, NULL, 0, (int)timeout_ms, NULL);
     if (mc == CURLM_OK) mc = curl_multi_perform(m->multi, &running);
+    if (mc == CURLM_OK) collect_finished(m);
   }
   if (mc != CURLM_OK) {
     snprintf(err, errlen, "%s", curl_multi_strerror(mc));
     return -1;
-  }
-  while ((msg = curl_multi_info_read(m->multi, &queued)) != NULL) {
-    kf_http *h = NULL;
-    int slot;
-    if (msg->msg != CURLMSG_DONE) continue;
-    curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&h);
-    slot = (int)(h - m->slots);
-    curl_multi_remove_handle(m->multi, msg->easy_handle);
-    m->active--;
-    h->last_code = msg->data.result;
-    m->done[m->ndone++] = slot;
   }
   return m->ndone;
 }

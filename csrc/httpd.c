@@ -497,7 +497,10 @@ static int l_listen(lua_State *L) {
   s->verbose = verbose;
   memcpy(s->host, host, strlen(host) + 1);
 
-  flags = MHD_USE_AUTO | MHD_USE_INTERNAL_POLLING_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC | MHD_USE_ERROR_LOG;
+  /* poll(), not MHD_USE_AUTO's epoll: libmicrohttpd 0.9.75's edge-triggered epoll loop with
+     suspend/resume can lose a connection's read readiness, and then every keep-alive connection
+     sits with a request unread in the kernel until the client times out (seen at 128 clients) */
+  flags = MHD_USE_POLL | MHD_USE_INTERNAL_POLLING_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC | MHD_USE_ERROR_LOG;
   if (addr.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
   s->daemon = MHD_start_daemon(
       flags, 0, NULL, NULL, on_access, s, MHD_OPTION_EXTERNAL_LOGGER, on_log, s, MHD_OPTION_SOCK_ADDR,
