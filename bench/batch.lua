@@ -114,7 +114,7 @@ if seq then print(("sequential luasocket socket.http loop: %.0f requests per sec
 
 local gp = assert(io.open(OUT .. "/throughput.gp", "w"))
 gp:write(([[
-set terminal png size 800,500
+set terminal png size 800,500 noenhanced
 set output '%s/throughput.png'
 set title 'send_wechat_message to the kaifang sandbox'
 set xlabel 'concurrency (connections)'
