@@ -1,4 +1,5 @@
 /* kaifang.core: the Lua binding of the signer, the crypto helpers and the libcurl transport. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -360,7 +361,7 @@ static int l_sleep(lua_State *L) {
   if (secs <= 0) return 0;
   ts.tv_sec = (time_t)secs;
   ts.tv_nsec = (long)((secs - (lua_Number)ts.tv_sec) * 1e9);
-  while (nanosleep(&ts, &ts) != 0) {
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) { /* a signal: sleep the rest */
   }
   return 0;
 }

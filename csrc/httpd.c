@@ -829,31 +829,6 @@ static int l_tostring(lua_State *L) {
 
 /* ------------------------------------------- small process helpers for the runner */
 
-static int l_monotonic(lua_State *L) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
-  return 1;
-}
-
-static int l_now(lua_State *L) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
-  return 1;
-}
-
-static int l_sleep(lua_State *L) {
-  lua_Number t = luaL_checknumber(L, 1);
-  struct timespec ts;
-  if (t <= 0) return 0;
-  ts.tv_sec = (time_t)t;
-  ts.tv_nsec = (long)((t - (lua_Number)ts.tv_sec) * 1e9);
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
-  return 0;
-}
-
 static int l_getpid(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)getpid());
   return 1;
@@ -868,9 +843,8 @@ int luaopen_kaifang_sandbox_httpd(lua_State *L) {
   static const luaL_Reg methods[] = {{"next", l_next},   {"respond", l_respond}, {"drop", l_drop},
                                      {"flush", l_flush}, {"port", l_port},       {"host", l_host},
                                      {"stats", l_stats}, {"close", l_close},     {NULL, NULL}};
-  static const luaL_Reg funcs[] = {{"listen", l_listen}, {"monotonic", l_monotonic}, {"now", l_now},
-                                   {"sleep", l_sleep},   {"getpid", l_getpid},       {"getppid", l_getppid},
-                                   {NULL, NULL}};
+  static const luaL_Reg funcs[] = {
+      {"listen", l_listen}, {"getpid", l_getpid}, {"getppid", l_getppid}, {NULL, NULL}};
   kf_newclass(L, SERVER_MT, methods, l_close);
   luaL_getmetatable(L, SERVER_MT);
   lua_pushcfunction(L, l_tostring);

@@ -15,6 +15,7 @@
 --   credentials() -> { "one line", ... }                     printed when the sandbox starts
 -- Responses are { status=, headers=, body= } plus optional delay= (seconds), drop= ("close" |
 -- "reset") or hold=true (never answered). Reset builds fresh instances: the seeded world again.
+local core = require "kaifang.core"
 local httpd = require "kaifang.sandbox.httpd"
 local util = require "kaifang.sandbox.util"
 local Timers = require "kaifang.sandbox.timers"
@@ -53,8 +54,8 @@ end
 function M.new(opts)
   opts = opts or {}
   local self = setmetatable({ list = {}, by_name = {}, routes = {}, base = {}, counts = {}, stopping = false }, App)
-  self.now = opts.now or httpd.now
-  self.clock = opts.clock or httpd.monotonic
+  self.now = opts.now or core.now
+  self.clock = opts.clock or core.monotonic
   for _, name in ipairs(opts.platforms or M.platforms) do
     local mod = require("kaifang.sandbox." .. name)
     local p = { name = name, mod = mod }
@@ -253,7 +254,7 @@ end
 function M.serve(srv, app, opts)
   opts = opts or {}
   local timers = Timers.new()
-  local clock = httpd.monotonic
+  local clock = core.monotonic
   local parent, next_check = opts.parent_pid, 0
   while not app.stopping do
     local wait = 0.5
@@ -307,10 +308,9 @@ local function shell_quote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 local Sandbox = {}
 Sandbox.__index = Sandbox
 
--- A core.http session, created on first use (kaifang.core is the client side; loaded lazily so
--- that running the sandbox itself needs only its digests).
+-- A core.http session to the sandbox, created on first use.
 function Sandbox:session()
-  if not self._session then self._session = require("kaifang.core").http({ connect_timeout = 2, timeout = 10 }) end
+  if not self._session then self._session = core.http({ connect_timeout = 2, timeout = 10 }) end
   return self._session
 end
 
