@@ -5,30 +5,8 @@ local cjson = require "cjson"
 
 -- ---- independent helpers -------------------------------------------------------------------
 
-local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-
-local function tmpfile(data)
-  local path = os.tmpname()
-  local f = assert(io.open(path, "wb"))
-  f:write(data)
-  f:close()
-  return path
-end
-
-local function readfile(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function sh(cmd)
-  local p = assert(io.popen(cmd, "r"))
-  local out = p:read("a")
-  local ok, how, code = p:close()
-  assert(ok, ("command failed (%s %s): %s"):format(tostring(how), tostring(code), cmd))
-  return out
-end
+local shell = require "spec.helpers.shell"
+local q, tmpfile, readfile, sh = shell.q, shell.tmpfile, shell.readfile, shell.sh
 
 -- Runs cmd with {in} replaced by a file holding data; returns stdout.
 local function with_input(data, cmd)

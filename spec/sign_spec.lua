@@ -7,24 +7,8 @@ local sign = require "kaifang.sign"
 
 -- ---- independent helpers -------------------------------------------------------------------
 
-local function q(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
-
-local function tmpfile(data)
-  local path = os.tmpname()
-  local f = assert(io.open(path, "wb"))
-  f:write(data)
-  f:close()
-  return path
-end
-
--- Runs a shell command, fails the test on a non-zero exit, returns its stdout.
-local function sh(cmd)
-  local p = assert(io.popen(cmd, "r"))
-  local out = p:read("a")
-  local ok, how, code = p:close()
-  assert(ok, ("command failed (%s %s): %s"):format(tostring(how), tostring(code), cmd))
-  return out
-end
+local shell = require "spec.helpers.shell"
+local q, tmpfile, sh = shell.q, shell.tmpfile, shell.sh
 
 -- Hex digest of data by a coreutils tool (md5sum, sha1sum, sha256sum).
 local function cli_sum(tool, data)
