@@ -38,19 +38,7 @@ local function fake_client(t, extra)
   return dakashi.new(opts)
 end
 
-local noted_line
-local function here() noted_line = debug.getinfo(2, "l").currentline end
-
-local function raises_at_line(fn)
-  noted_line = nil
-  local ok, err = pcall(fn)
-  assert.is_false(ok, "did not raise")
-  err = tostring(err)
-  local where = SPEC .. ":" .. tostring(noted_line) .. ":"
-  assert.is_truthy(err:find(where, 1, true), "expected the error at " .. where .. " got: " .. err)
-  assert.is_nil(err:find("kaifang/", 1, true), err)
-  return err
-end
+local here, raises_at_line = require("spec.helpers.raises")(SPEC)
 
 describe("kaifang.dakashi requests", function()
   it("signs the document's example call (sha1sum of the string written out here), JSON body", function()

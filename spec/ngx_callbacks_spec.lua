@@ -19,18 +19,8 @@ local function canonical(params, skip, drop_empty)
   return table.concat(parts, "&")
 end
 
-local function pct(s)
-  return (tostring(s):gsub("[^%w%-%._~]", function(c) return string.format("%%%02X", c:byte()) end))
-end
+local pct, form = require("spec.helpers.form").pct, require("spec.helpers.form").form
 
-local function form(params)
-  local keys = {}
-  for k in pairs(params) do keys[#keys + 1] = k end
-  table.sort(keys)
-  local parts = {}
-  for i, k in ipairs(keys) do parts[i] = pct(k) .. "=" .. pct(params[k]) end
-  return table.concat(parts, "&")
-end
 
 local function yopoint_signed(p, secret)
   p.sign = core.digest("md5", canonical(p, { sign = true }, false) .. "&" .. secret)

@@ -110,18 +110,8 @@ local function lingdian_sign(params, key)
   return core.digest("md5", canonical(params, { sign = true, sign_type = true, key = true, developer_key = true }, true) .. key)
 end
 
-local function pct(s)
-  return (tostring(s):gsub("[^%w%-%._~]", function(c) return string.format("%%%02X", c:byte()) end))
-end
+local pct, form = require("spec.helpers.form").pct, require("spec.helpers.form").form
 
-local function form(params)
-  local keys = {}
-  for k in pairs(params) do keys[#keys + 1] = k end
-  table.sort(keys)
-  local parts = {}
-  for i, k in ipairs(keys) do parts[i] = pct(k) .. "=" .. pct(params[k]) end
-  return table.concat(parts, "&")
-end
 
 local FORM = { ["Content-Type"] = "application/x-www-form-urlencoded" }
 

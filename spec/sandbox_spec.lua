@@ -14,18 +14,8 @@ local vectors = (function()
   return v
 end)()
 
-local function pct(s)
-  return (s:gsub("[^%w%-%._~]", function(c) return string.format("%%%02X", c:byte()) end))
-end
+local pct, form = require("spec.helpers.form").pct, require("spec.helpers.form").form
 
-local function form(params)
-  local keys = {}
-  for k in pairs(params) do keys[#keys + 1] = k end
-  table.sort(keys)
-  local parts = {}
-  for i, k in ipairs(keys) do parts[i] = pct(k) .. "=" .. pct(params[k]) end
-  return table.concat(parts, "&")
-end
 
 -- Lingdian's scheme written out plainly: drop sign and empty values, sort, k=v&..., key appended.
 local function sign(params)

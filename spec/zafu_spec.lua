@@ -13,21 +13,7 @@ local SPEC = "zafu_spec.lua"
 local CLIENT_ID, SECRET, APP_ID = "zafu-demo", "9d1f6b3c27e84a05b6c0e1f2a3d4c5b6", "01"
 local ID = "11010519491231002X" -- a valid GB 11643 number (the standard's own example)
 
-local noted_line
-local function here()
-  noted_line = debug.getinfo(2, "l").currentline
-end
-
-local function raises_at_line(fn)
-  noted_line = nil
-  local ok, err = pcall(fn)
-  assert.is_false(ok, "did not raise")
-  err = tostring(err)
-  assert.is_number(noted_line, "the test did not note its line")
-  local where = SPEC .. ":" .. noted_line .. ":"
-  assert.is_truthy(err:find(where, 1, true), "expected the error at " .. where .. " got: " .. err)
-  return err
-end
+local here, raises_at_line = require("spec.helpers.raises")(SPEC)
 
 local function query_of(url) return util.parse_form(url:match("%?(.*)$") or "") end
 
