@@ -69,6 +69,38 @@ local PREPAID = { -- prepaid recharge cards
   PC20240002 = { product_id = 1002, status = 1, used_by = "87000001" },
 }
 
+local SEED_ORDER = { serial_no = "87000001", product_id = 1001, days_ago = 5 } -- a recharge from before the start
+
+-- The demo account (kaifang.dakashi.new's options) and what the seeded world holds: rows { what, id, about }.
+function M.demo()
+  local id = next(CLIENTS)
+  local world = {}
+  local function add(what, key, about) world[#world + 1] = { what = what, id = key, about = about } end
+  for _, c in ipairs(CARDS) do
+    local p = c.packages[1]
+    local info = PRODUCTS[p.product_id]
+    add("card", c.serial_no, ("msisdn %s, iccid %s, %s: %d%% used, ends in %d days"):format(
+      c.msisdn, c.iccid, info.product_name, math.floor(p.used / info.data_value * 100 + 0.5), info.days - p.started))
+  end
+  local pids = {}
+  for pid in pairs(PRODUCTS) do pids[#pids + 1] = pid end
+  table.sort(pids)
+  for _, pid in ipairs(pids) do
+    local info = PRODUCTS[pid]
+    add("product", tostring(pid), ("%s, %d MB, %d fen, %d days"):format(info.product_name, info.data_value, info.price, info.days))
+  end
+  local cards = {}
+  for no in pairs(PREPAID) do cards[#cards + 1] = no end
+  table.sort(cards)
+  for _, no in ipairs(cards) do
+    local pc = PREPAID[no]
+    add("prepaid", no, ("product %d, %s"):format(pc.product_id, pc.status == 0 and "unused" or ("used by " .. pc.used_by)))
+  end
+  add("order", SEED_ORDER.serial_no, ("a recharge of product %d, %d days before start (order_info)"):format(
+    SEED_ORDER.product_id, SEED_ORDER.days_ago))
+  return { account = { client_id = id, client_secret = CLIENTS[id].secret }, world = world }
+end
+
 ---------------------------------------------------------------------------- replies
 
 local MSG = {
@@ -150,7 +182,7 @@ function M.new(ctx)
   end
   for id, c in pairs(CLIENTS) do self.balance[id] = c.balance end
   -- one recharge order from before the sandbox started
-  self:new_order("87000001", 1001, start - 5 * DAY)
+  self:new_order(SEED_ORDER.serial_no, SEED_ORDER.product_id, start - SEED_ORDER.days_ago * DAY)
   return self
 end
 

@@ -13,6 +13,7 @@
 --   routes { path = handler(instance, req) -> response },   POST only; or { handler=, methods={...} }
 --   admin { name = fn(instance, req) -> response },          served at /_sandbox/<platform>/<name>
 --   credentials() -> { "one line", ... }                     printed when the sandbox starts
+--   demo() -> { account = client options, world = { { what=, id=, about= }, ... } }
 -- Responses are { status=, headers=, body= } plus optional delay= (seconds), drop= ("close" |
 -- "reset") or hold=true (never answered). Reset builds fresh instances: the seeded world again.
 local core = require "kaifang.core"
@@ -98,6 +99,17 @@ function App:credentials()
     for _, line in ipairs(p.mod.credentials and p.mod.credentials() or {}) do lines[#lines + 1] = line end
   end
   return lines
+end
+
+-- Each platform's demo account and seeded world (see the platform modules' demo()), in
+-- platform order: { { platform = name, account = {...}, world = {...} }, ... }.
+function M.demo(platforms)
+  local out = {}
+  for i, name in ipairs(platforms or M.platforms) do
+    local d = require("kaifang.sandbox." .. name).demo()
+    out[i] = { platform = name, account = d.account, world = d.world }
+  end
+  return out
 end
 
 function App:config_value()
@@ -290,11 +302,16 @@ function M.run(opts)
   if not srv then error("kaifang.sandbox: " .. err, 2) end
   local host = srv:host()
   if host:find(":", 1, true) then host = "[" .. host .. "]" end
-  local out = io.stdout
-  out:write(M.BANNER, "http://", host, ":", srv:port(), "\n")
-  for _, line in ipairs(app:credentials()) do out:write(line, "\n") end
-  out:write(M.READY, httpd.getpid(), "\n")
-  out:flush()
+  local url = "http://" .. host .. ":" .. srv:port()
+  if opts.announce then
+    opts.announce(url, app) -- the command line's own presentation
+  else
+    local out = io.stdout -- what start() reads
+    out:write(M.BANNER, url, "\n")
+    for _, line in ipairs(app:credentials()) do out:write(line, "\n") end
+    out:write(M.READY, httpd.getpid(), "\n")
+    out:flush()
+  end
   app.server = srv
   local ok, e = pcall(M.serve, srv, app, opts)
   srv:close()
@@ -360,12 +377,14 @@ Sandbox.__close = Sandbox.stop
 
 -- Starts the sandbox in a child process: the client's calls block, so the server must run
 -- elsewhere. Returns { url=, pid=, credentials={lines}, stop=, reset=, configure=, records=, admin=, request= }.
+-- own_session = true runs it in a session of its own (setsid), so that the terminal's Ctrl-C
+-- reaches only the caller, which stops it; the command line wants that.
 function M.start(opts)
   opts = opts or {}
   local lua = opts.lua or os.getenv("KAIFANG_LUA") or "lua5.4"
   local child = {}
   for k, v in pairs(opts) do
-    if k ~= "lua" then child[k] = v end
+    if k ~= "lua" and k ~= "own_session" then child[k] = v end
   end
   child.parent_pid = httpd.getpid()
   local chunk = string.format(
@@ -376,7 +395,9 @@ function M.start(opts)
     util.json_encode(child)
   )
   -- exec: the sandbox itself is the child, so its parent pid is ours (see serve's watchdog)
-  local fh = assert(io.popen("exec " .. shell_quote(lua) .. " -e " .. shell_quote(chunk), "r"))
+  -- setsid does not fork here (popen's shell leads no process group), so the pid stays the child's
+  local exec = opts.own_session and "exec setsid " or "exec "
+  local fh = assert(io.popen(exec .. shell_quote(lua) .. " -e " .. shell_quote(chunk), "r"))
   local first = fh:read("*l")
   local url = first and first:sub(1, #M.BANNER) == M.BANNER and first:sub(#M.BANNER + 1)
   if not url then

@@ -54,6 +54,35 @@ function M.credentials()
   return lines
 end
 
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  table.sort(keys)
+  return keys
+end
+
+-- The demo account (kaifang.lingdian.new's options) and what the seeded world holds, for people
+-- and for `kaifang sandbox`/`kaifang call --sandbox`: world rows are { what, id, about }.
+function M.demo()
+  local code = next(DEVELOPERS)
+  local dev = DEVELOPERS[code]
+  local world = {}
+  local function add(what, id, about) world[#world + 1] = { what = what, id = id, about = about } end
+  for _, user_code in ipairs(sorted_keys(USERS)) do
+    local u = USERS[user_code]
+    add("user", user_code, u.tel == nil and "no phone bound (getUserTelByCode: 106)"
+      or u.follows and ("tel " .. u.tel .. ", follows the official account")
+      or ("tel " .. u.tel .. ", does not follow the official account (sendWeChatMessage: 106)"))
+  end
+  for _, shop in ipairs(sorted_keys(SHOPS)) do add("shop", shop, "shop_code for outerEntryOrder") end
+  for _, building in ipairs(sorted_keys(BUILDINGS)) do add("building", building, "building_code for outerEntryOrder") end
+  for _, msisdn in ipairs(sorted_keys(dev.cards)) do
+    add("card", msisdn, "iccid " .. dev.cards[msisdn] .. ", issued to this developer (userCardRemind msisdn/iccid)")
+  end
+  for _, prefix in ipairs(LINK_WHITELIST) do add("link", prefix, "whitelisted prefix for sendWeChatMessage's link") end
+  return { account = { developer_code = code, developer_key = dev.key }, world = world }
+end
+
 ---------------------------------------------------------------------------- replies
 -- Messages exactly as the document prints them.
 

@@ -68,6 +68,43 @@ local SEED_ORDERS = {
   { ago = 10, tid = "YP0001", items = { { "P1004", 1 } }, phone = "13311112222", pay = "thirdpay", unpaid = true },
 }
 
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  table.sort(keys)
+  return keys
+end
+
+-- The demo account (kaifang.yopoint.new's options) and what the seeded world holds: rows
+-- { what, id, about }. Orders get their ReceiptNo when the sandbox starts: list them to see it.
+function M.demo()
+  local appid = next(OPERATORS)
+  local op = OPERATORS[appid]
+  local world = {}
+  local function add(what, id, about) world[#world + 1] = { what = what, id = id, about = about } end
+  for _, tid in ipairs(sorted_keys(CABINETS)) do
+    local c = CABINETS[tid]
+    local stock, empty = {}, true
+    for _, pid in ipairs(sorted_keys(c.stock)) do
+      stock[#stock + 1] = pid .. "x" .. c.stock[pid]
+      if c.stock[pid] > 0 then empty = false end
+    end
+    add("cabinet", tid, ("%s, %s, %d door%s, %s; stock %s"):format(c.name, c.address, c.doors, c.doors > 1 and "s" or "",
+      not c.online and "offline (ERR_DEVICE_OFFLINE)" or empty and "online, empty (ERR_NONE_STOCK)" or "online",
+      table.concat(stock, " ")))
+  end
+  for _, pid in ipairs(sorted_keys(PRODUCTS)) do
+    add("product", pid, ("%s, %d fen"):format(PRODUCTS[pid].name, PRODUCTS[pid].price))
+  end
+  for _, o in ipairs(SEED_ORDERS) do
+    local items = {}
+    for i, it in ipairs(o.items) do items[i] = it[1] .. "x" .. it[2] end
+    add("order", o.tid, ("%d min before start: %s by %s, %s, %s"):format(o.ago, table.concat(items, " "), o.phone,
+      o.pay, o.unpaid and "waiting for payment" or "paid"))
+  end
+  return { account = { appid = appid, app_secret = op.secret, sign_key = op.sign_key }, world = world }
+end
+
 ---------------------------------------------------------------------------- time
 
 local CST = 8 * 3600 -- the platform writes times in China Standard Time

@@ -84,6 +84,24 @@ function M.credentials()
   return lines
 end
 
+-- The demo account (kaifang.zafu.new's options) and what the seeded world holds: rows { what, id, about }.
+function M.demo()
+  local id = next(CLIENTS)
+  local world = {}
+  local function add(what, key, about) world[#world + 1] = { what = what, id = key, about = about } end
+  local xghs = {}
+  for xgh in pairs(USERS) do xghs[#xghs + 1] = xgh end
+  table.sort(xghs)
+  for _, xgh in ipairs(xghs) do add("user", xgh, USERS[xgh].name .. ", " .. USERS[xgh].type .. " (xgh / userno)") end
+  for _, t in ipairs(TASKS) do add("task", tostring(t.id), t.title .. " (mustTaskList; messageTo of type 7/8)") end
+  for _, menu in ipairs(seed_menus()) do
+    local children = {}
+    for i, child in ipairs(menu.childs) do children[i] = child.id .. " " .. child.name end
+    add("menu", tostring(menu.id), menu.name .. " (children " .. table.concat(children, ", ") .. ")")
+  end
+  return { account = { client_id = id, client_secret = CLIENTS[id].secret, app_id = CLIENTS[id].app_id }, world = world }
+end
+
 ---------------------------------------------------------------------------- replies
 
 local json = util.json_encode
