@@ -138,10 +138,11 @@ end
 local function poll()
   local now, page, orders = os.time(), 1, {}
   while true do
-    local data, err = yp:cabinet_order_list{
+    local res, err = yp:cabinet_order_list{
       Page = page, PageSize = 50, StartTime = cst(now - 86400), EndTime = cst(now + 60),
     }
-    if not data then return nil, err end
+    if not res then return nil, err end
+    local data = res.data
     for _, o in ipairs(data.List or {}) do orders[#orders + 1] = o end
     if #(data.List or {}) == 0 or #orders >= (tonumber(data.Total) or 0) then break end
     page = page + 1

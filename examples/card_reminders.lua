@@ -42,9 +42,11 @@ end
 
 local reminded, fine, failed = 0, 0, 0
 for _, c in ipairs(CARDS) do
-  local info, err = dk:member_info{ serial_no = c.serial_no }
-  local packages
-  if info then packages, err = dk:member_product_info{ serial_no = c.serial_no } end
+  local card, packages, err
+  card, err = dk:member_info{ serial_no = c.serial_no }
+  if card then packages, err = dk:member_product_info{ serial_no = c.serial_no } end
+  local info = card and card.data
+  packages = packages and packages.data
   if not info or not packages then
     failed = failed + 1
     print(("  FAILED    %s: %s"):format(c.serial_no, tostring(err)))

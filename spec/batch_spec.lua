@@ -89,8 +89,8 @@ describe("kaifang.batch", function()
     local summary = kaifang.batch(function()
       n = n + 1
       if n <= 500 then return { ld, "get_user_tel_by_code", { user_code = "U2TD844B2" } } end
-    end, { concurrency = 16, max_attempts = 8, backoff_base = 0.01, on_result = function(_, tel)
-      if tel == "13311112222" then got = got + 1 end
+    end, { concurrency = 16, max_attempts = 8, backoff_base = 0.01, on_result = function(_, res)
+      if res and res.data == "13311112222" then got = got + 1 end
     end })
     assert.are.equal(500, summary.ok)
     assert.are.equal(500, got)
@@ -158,7 +158,7 @@ describe("kaifang.batch", function()
     assert.are.equal(3, summary.failed)
     assert.are.equal("argument", results[1].kind)
     assert.matches("missing required parameter", results[1].message)
-    assert.are.equal("13311112222", results[4])
+    assert.are.equal("13311112222", results[4].data)
   end)
 
   it("holds the rate within 5% over 10 seconds", function()

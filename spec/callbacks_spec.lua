@@ -237,7 +237,7 @@ describe("the sandbox plays the platforms' side of callbacks", function()
     assert.matches("^application/x%-www%-form%-urlencoded", got.headers["content-type"])
     local n = assert(yp:verify_notify(got.body))
     assert.are.equal(rec.params.sign, form_fields(got.body).sign)
-    local last = assert(yp:cabinet_order_list{}).List
+    local last = assert(yp:cabinet_order_list{}).data.List
     assert.are.equal(last[#last].ReceiptNo, n.data.ReceiptNo)
     local notices = assert(sb:records("yopoint", "notices"))
     assert.are.equal(1, #notices)
@@ -246,7 +246,7 @@ describe("the sandbox plays the platforms' side of callbacks", function()
 
   it("a tampered, a replayed and a wrongly signed notice from the sandbox are all refused", function()
     local rx = receiver({ { body = "fail" }, { body = "fail" }, { body = "fail" } })
-    local orders = assert(yp:cabinet_order_list{}).List
+    local orders = assert(yp:cabinet_order_list{}).data.List
     local receipt = orders[1].ReceiptNo
     local tampered = assert(sb:admin("POST", "/_sandbox/yopoint/notify", { url = rx.url, ReceiptNo = receipt, tamper = true }))
     local _, e1 = yp:verify_notify(rx.read().body)
@@ -301,8 +301,8 @@ describe("the sandbox plays the platforms' side of callbacks", function()
     -- the recharge is in the world: a new package and an order
     local dk = kaifang.dakashi.new{ client_id = "iotacc108b7305fhzljeux0", client_secret = "4c1e7b9a2d5f8e3b6a0c9d2f5e8b1a47",
                                     base_url = sb.url }
-    assert.are.equal(2, #assert(dk:member_product_info{ serial_no = "1410139904" }))
-    assert.are.equal("1410139904", assert(dk:order_info{ order_no = cb.order_no }).serial_no)
+    assert.are.equal(2, #assert(dk:member_product_info{ serial_no = "1410139904" }).data)
+    assert.are.equal("1410139904", assert(dk:order_info{ order_no = cb.order_no }).data.serial_no)
     dk:close()
   end)
 

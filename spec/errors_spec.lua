@@ -172,8 +172,8 @@ describe("secrets", function()
   it("are not sent: the request body carries the sign, never the key", function()
     local t = fake_transport(200, '{"code":100,"message":"ok","data":13311112222}')
     local c = lingdian.new{ developer_code = CODE, developer_key = KEY, transport = t }
-    local tel = c:get_user_tel_by_code{ user_code = "U2TD844B2" }
-    assert.are.equal("13311112222", tel)
+    local res = c:get_user_tel_by_code{ user_code = "U2TD844B2" }
+    assert.are.equal("13311112222", res.data)
     assert.are.equal(1, #t.sent)
     assert_no_secret(t.sent[1], "the request handed to the transport")
     assert.matches("sign=%x+", t.sent[1].body)

@@ -92,9 +92,10 @@ describe("kaifang.lingdian against the sandbox", function()
   end)
 
   describe("B get_user_tel_by_code", function()
-    it("returns the phone number as a string, then the response", function()
-      local tel, res = ld:get_user_tel_by_code{ user_code = "U2TD844B2" }
-      assert.are.equal("13311112222", tel) -- the reply carries it as a JSON number
+    it("returns the reply, the phone number at data as a string, and nothing else", function()
+      assert.are.equal(1, select("#", ld:get_user_tel_by_code{ user_code = "U2TD844B2" }))
+      local res = ld:get_user_tel_by_code{ user_code = "U2TD844B2" }
+      assert.are.equal("13311112222", res.data) -- the reply carries it as a JSON number
       assert.are.equal(100, res.code)
       assert.are.equal("请求成功且返回了手机号", res.message)
     end)

@@ -270,8 +270,8 @@ describe("kaifang.transport.resty_http (with a stand-in for lua-resty-http)", fu
     stand_in{ connect = function() return true end,
               request = function() return response(200, {}, '{"code":100,"message":"ok","data":13311112222}') end }
     local ld = lingdian.new{ developer_code = CODE, developer_key = KEY, transport = "resty_http", ssl_verify = false }
-    local tel = assert(ld:get_user_tel_by_code{ user_code = "U2TD844B2" })
-    assert.are.equal("13311112222", tel)
+    local res = assert(ld:get_user_tel_by_code{ user_code = "U2TD844B2" })
+    assert.are.equal("13311112222", res.data)
     assert.is_false(log.connect.ssl_verify)
   end)
 end)

@@ -119,25 +119,28 @@ describe("kaifang.yopoint requests", function()
   it("call reaches any method, and marks an unknown one as acting", function()
     local t = recorder('{"error_code":0,"error_msg":"","data":{"X":1}}')
     local yp = fake_client(t)
-    local data, doc = yp:call("activity.voucher.exchange", { Code = "A" })
-    assert.are.same({ X = 1 }, data)
-    assert.are.equal(0, doc.error_code)
+    local res, err = yp:call("activity.voucher.exchange", { Code = "A" })
+    assert.is_nil(err)
+    assert.are.same({ X = 1 }, res.data)
+    assert.are.equal(0, res.error_code)
     assert.are.equal("activity.voucher.exchange", parse_form(t.sent[1].body).method)
   end)
 end)
 
 describe("kaifang.yopoint replies", function()
-  it("success returns data, then the whole reply; whole numbers come back as integers", function()
+  it("success returns the whole reply and nothing else; whole numbers come back as integers", function()
     local yp = fake_client(recorder('{"error_code":0,"error_msg":"","data":{"Total":2,"Phone":13311112222}}'))
-    local data, doc = yp:cabinet_list{}
-    assert.are.equal(2, data.Total)
-    assert.are.equal("13311112222", tostring(data.Phone))
-    assert.are.equal("", doc.error_msg)
+    local n = select("#", yp:cabinet_list{})
+    assert.are.equal(1, n)
+    local res = yp:cabinet_list{}
+    assert.are.equal(2, res.data.Total)
+    assert.are.equal("13311112222", tostring(res.data.Phone))
+    assert.are.equal("", res.error_msg)
   end)
 
-  it("success without data returns an empty table", function()
+  it("success without data has an empty table at data", function()
     local yp = fake_client(recorder('{"error_code":0,"error_msg":"","data":null}'))
-    assert.are.same({}, (yp:api_test{}))
+    assert.are.same({}, assert(yp:api_test{}).data)
   end)
 
   it("error_code != 0: kind platform, code and message as the platform gave them", function()
@@ -230,8 +233,8 @@ describe("kaifang.yopoint pay_notify (request side)", function()
   it("signs receipt_no, trade_no, trade_status, trade_rawdata, timestamp (seconds) with the SignKey; price unsigned", function()
     local t = recorder({ status = 200, headers = {}, body = " success\n" })
     local yp = fake_client(t)
-    assert.is_true(yp:pay_notify{ notify_url = "https://api.yopoint.com/pay/notify?x=1", receipt_no = "OD1",
-                                  trade_no = "T-9", trade_status = 1, price = 650 })
+    assert.are.same({ data = "success" }, yp:pay_notify{ notify_url = "https://api.yopoint.com/pay/notify?x=1",
+                                                         receipt_no = "OD1", trade_no = "T-9", trade_status = 1, price = 650 })
     local req = t.sent[1]
     assert.are.equal("https://api.yopoint.com/pay/notify?x=1", req.url)
     local p = parse_form(req.body)
@@ -273,23 +276,23 @@ describe("kaifang.yopoint against the sandbox", function()
     assert.are.equal(message, err.message)
   end
 
-  local function orders() return assert(yp:cabinet_order_list{ Page = 1, PageSize = 50 }).List end
+  local function orders() return assert(yp:cabinet_order_list{ Page = 1, PageSize = 50 }).data.List end
 
   it("api_test echoes the biz_content it received", function()
-    local data = assert(yp:api_test{ Hello = "世界/1" })
+    local data = assert(yp:api_test{ Hello = "世界/1" }).data
     assert.are.equal('{"Hello":"世界/1"}', data.BizContent)
   end)
 
   it("cabinet_list pages through the cabinets", function()
-    local data = assert(yp:cabinet_list{ Page = 1, PageSize = 3 })
+    local data = assert(yp:cabinet_list{ Page = 1, PageSize = 3 }).data
     assert.are.equal(4, data.Total)
     assert.are.equal(3, #data.List)
     assert.are.equal("YP0001", data.List[1].TID)
-    assert.are.equal(1, #assert(yp:cabinet_list{ Page = 2, PageSize = 3 }).List)
+    assert.are.equal(1, #assert(yp:cabinet_list{ Page = 2, PageSize = 3 }).data.List)
   end)
 
   it("cabinet_product_stock lists a cabinet's stock; no TID is MISSING_PARAMS_TID", function()
-    local data = assert(yp:cabinet_product_stock{ TID = "YP0001" })
+    local data = assert(yp:cabinet_product_stock{ TID = "YP0001" }).data
     assert.is_true(#data.List >= 1)
     assert.is_number(data.List[1].Stock)
     local _, err = yp:cabinet_product_stock{}
@@ -299,7 +302,7 @@ describe("kaifang.yopoint against the sandbox", function()
   end)
 
   it("cabinet_open_door opens a door; an empty cabinet is ERR_NONE_STOCK, an offline one ERR_DEVICE_OFFLINE", function()
-    local data = assert(yp:cabinet_open_door{ TID = "YP0001", DoorNo = 2 })
+    local data = assert(yp:cabinet_open_door{ TID = "YP0001", DoorNo = 2 }).data
     assert.are.equal("opened", data.Status)
     local doors = assert(sb:records("yopoint", "doors"))
     assert.are.equal(1, #doors)
@@ -313,15 +316,15 @@ describe("kaifang.yopoint against the sandbox", function()
   it("cabinet_order_list filters by time and cabinet; cabinet_order_get and consumer_order_get find one", function()
     local all = orders()
     assert.are.equal(4, #all)
-    local one = assert(yp:cabinet_order_list{ TID = "YP0002" }).List
+    local one = assert(yp:cabinet_order_list{ TID = "YP0002" }).data.List
     assert.are.equal(1, #one)
-    local future = assert(yp:cabinet_order_list{ StartTime = os.date("!%Y-%m-%d %H:%M:%S", os.time() + 8 * 3600 + 3600) }).List
+    local future = assert(yp:cabinet_order_list{ StartTime = os.date("!%Y-%m-%d %H:%M:%S", os.time() + 8 * 3600 + 3600) }).data.List
     assert.are.equal(0, #future)
-    local consumer = assert(yp:consumer_order_list{ Page = 1 }).List
+    local consumer = assert(yp:consumer_order_list{ Page = 1 }).data.List
     assert.are.equal(4, #consumer)
-    local got = assert(yp:cabinet_order_get{ OrderNo = all[1].OrderNo })
+    local got = assert(yp:cabinet_order_get{ OrderNo = all[1].OrderNo }).data
     assert.are.equal(all[1].ReceiptNo, got.ReceiptNo)
-    local c = assert(yp:consumer_order_get{ ReceiptNo = all[2].ReceiptNo })
+    local c = assert(yp:consumer_order_get{ ReceiptNo = all[2].ReceiptNo }).data
     assert.are.equal(all[2].OrderNo, c.OrderNo)
     assert.are.equal("13311113333", c.Phone)
     local _, err = yp:consumer_order_get{ ReceiptNo = "OD000" }
@@ -330,14 +333,14 @@ describe("kaifang.yopoint against the sandbox", function()
 
   it("cabinet_order_refund_apply refunds part then the rest, then refuses", function()
     local o = orders()[1]
-    local r = assert(yp:cabinet_order_refund_apply{ ReceiptNo = o.ReceiptNo, Amount = 200, Reason = "少一瓶" })
+    local r = assert(yp:cabinet_order_refund_apply{ ReceiptNo = o.ReceiptNo, Amount = 200, Reason = "少一瓶" }).data
     assert.are.equal(200, r.Amount)
     local _, err = yp:cabinet_order_refund_apply{ ReceiptNo = o.ReceiptNo, Amount = o.Amount }
     platform_error(err, 50008, "ERR_REFUND_AMOUNT")
     assert(yp:cabinet_order_refund_apply{ OrderNo = o.OrderNo })
     local _, err2 = yp:cabinet_order_refund_apply{ ReceiptNo = o.ReceiptNo }
     platform_error(err2, 50007, "ERR_ORDER_REFUNDED")
-    assert.are.equal(2, assert(yp:consumer_order_get{ ReceiptNo = o.ReceiptNo }).RefundStatus)
+    assert.are.equal(2, assert(yp:consumer_order_get{ ReceiptNo = o.ReceiptNo }).data.RefundStatus)
     assert.are.equal(2, #assert(sb:records("yopoint", "refunds")))
     local unpaid = orders()[4]
     local _, err3 = yp:cabinet_order_refund_apply{ ReceiptNo = unpaid.ReceiptNo }
@@ -346,7 +349,7 @@ describe("kaifang.yopoint against the sandbox", function()
 
   it("cabinet_order_user_appeal records one appeal per order", function()
     local o = orders()[2]
-    local a = assert(yp:cabinet_order_user_appeal{ ReceiptNo = o.ReceiptNo, Content = "门打不开" })
+    local a = assert(yp:cabinet_order_user_appeal{ ReceiptNo = o.ReceiptNo, Content = "门打不开" }).data
     assert.matches("^AP", a.AppealNo)
     local _, err = yp:cabinet_order_user_appeal{ ReceiptNo = o.ReceiptNo, Content = "again" }
     platform_error(err, 50009, "ERR_APPEAL_EXISTS")
@@ -418,15 +421,15 @@ describe("kaifang.yopoint against the sandbox", function()
       -- the operator's pay page: check where the buyer came from, look the order up, take payment
       local r = assert(yp:verify_pay_redirect(redirect.url))
       assert.are.equal(order.ReceiptNo, r.receipt_no)
-      local o = assert(yp:consumer_order_get{ ReceiptNo = r.receipt_no })
-      assert.is_true(yp:pay_notify{ notify_url = r.notify_url, receipt_no = r.receipt_no, trade_no = "BANK-001",
-                                    trade_status = 1, trade_rawdata = { bank = "demo" }, price = o.Amount })
-      local paid = assert(yp:consumer_order_get{ ReceiptNo = r.receipt_no })
+      local o = assert(yp:consumer_order_get{ ReceiptNo = r.receipt_no }).data
+      assert(yp:pay_notify{ notify_url = r.notify_url, receipt_no = r.receipt_no, trade_no = "BANK-001",
+                            trade_status = 1, trade_rawdata = { bank = "demo" }, price = o.Amount })
+      local paid = assert(yp:consumer_order_get{ ReceiptNo = r.receipt_no }).data
       assert.are.equal(1, paid.PayStatus)
       assert.are.equal("BANK-001", paid.TradeNo)
       -- the same notice again is still success (idempotent); another trade for it is not
-      assert.is_true(yp:pay_notify{ notify_url = r.notify_url, receipt_no = r.receipt_no, trade_no = "BANK-001",
-                                    trade_status = 1, price = o.Amount })
+      assert(yp:pay_notify{ notify_url = r.notify_url, receipt_no = r.receipt_no, trade_no = "BANK-001",
+                            trade_status = 1, price = o.Amount })
       local ok, err = yp:pay_notify{ notify_url = r.notify_url, receipt_no = r.receipt_no, trade_no = "BANK-002",
                                      trade_status = 1, price = o.Amount }
       assert.is_nil(ok)
@@ -452,8 +455,8 @@ describe("kaifang.yopoint against the sandbox", function()
       ms:close()
       local failed = assert(yp:pay_notify{ notify_url = r.notify_url, receipt_no = r.receipt_no, trade_no = "T",
                                            trade_status = -1, price = order.Amount })
-      assert.is_true(failed)
-      assert.are.equal(-1, assert(yp:consumer_order_get{ ReceiptNo = order.ReceiptNo }).PayStatus)
+      assert.are.equal("success", failed.data)
+      assert.are.equal(-1, assert(yp:consumer_order_get{ ReceiptNo = order.ReceiptNo }).data.PayStatus)
     end)
 
     it("verify_pay_redirect refuses a tampered, an old, and a wrongly keyed redirect", function()

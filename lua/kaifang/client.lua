@@ -35,9 +35,49 @@ local function check_value(kind, value)
   return true
 end
 
--- Returns nil, or a message naming the first bad parameter.
+-- Optimal string alignment distance (a swap of two neighbours counts once: "contnet").
+local function distance(a, b)
+  local prev2, prev, cur = {}, {}, {}
+  for j = 0, #b do prev[j] = j end
+  for i = 1, #a do
+    cur = { [0] = i }
+    for j = 1, #b do
+      local cost = a:byte(i) == b:byte(j) and 0 or 1
+      local d = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+      if i > 1 and j > 1 and a:byte(i) == b:byte(j - 1) and a:byte(i - 1) == b:byte(j) then
+        d = math.min(d, prev2[j - 2] + 1)
+      end
+      cur[j] = d
+    end
+    prev2, prev = prev, cur
+  end
+  return prev[#b]
+end
+
+-- "unknown <what> 'name' (did you mean 'x'?)", else the names it could have been. known: a set.
+function M.unknown(what, name, known)
+  name = tostring(name)
+  local names, best, best_d = {}, nil, math.huge
+  for k in pairs(known) do
+    names[#names + 1] = k
+    local d = distance(name:lower(), k:lower())
+    if d < best_d or (d == best_d and k < best) then best, best_d = k, d end
+  end
+  if best and best_d <= math.max(1, math.min(2, math.floor(#name / 3))) then
+    return ("unknown %s '%s' (did you mean '%s'?)"):format(what, name, best)
+  end
+  if #names == 0 then return ("unknown %s '%s' (it takes no %ss)"):format(what, name, what) end
+  table.sort(names)
+  return ("unknown %s '%s' (expected %s)"):format(what, name, table.concat(names, ", "))
+end
+
+-- Returns nil, or a message naming the first bad parameter. Unknown names come first: a
+-- misspelt required parameter is reported as the typo it is, not as a missing one.
 function M.check_args(spec, args)
   if type(args) ~= "table" then return "expected a table of parameters, got " .. type(args) end
+  for name in pairs(args) do
+    if spec[name] == nil then return M.unknown("parameter", name, spec) end
+  end
   for name, kind in pairs(spec) do
     local required = kind:sub(-1) == "!"
     if required then kind = kind:sub(1, -2) end
@@ -49,13 +89,18 @@ function M.check_args(spec, args)
         kind == "integer" and "an integer" or "a " .. kind) .. ", got " .. type(value)
     end
   end
-  for name in pairs(args) do
-    if spec[name] == nil then
-      local known = {}
-      for k in pairs(spec) do known[#known + 1] = k end
-      table.sort(known)
-      return "unknown parameter '" .. tostring(name) .. "' (expected " .. table.concat(known, ", ") .. ")"
-    end
+end
+
+-- Per-call options: { idempotent = true | false }. nil, or what is wrong with them.
+local CALL_OPTIONS = { idempotent = "boolean" }
+
+function M.check_call_opts(call_opts)
+  if call_opts == nil then return nil end
+  if type(call_opts) ~= "table" then return "per-call options must be a table, got " .. type(call_opts) end
+  for k, v in pairs(call_opts) do
+    local want = CALL_OPTIONS[k]
+    if not want then return M.unknown("per-call option", k, CALL_OPTIONS) end
+    if type(v) ~= want then return ("per-call option '%s' must be a %s, got %s"):format(k, want, type(v)) end
   end
 end
 
@@ -73,7 +118,7 @@ function M.define(platform, endpoints)
       if getmetatable(self) ~= Class then
         fail(platform, "call " .. name .. " as a method: client:" .. name .. "{...}", 2)
       end
-      local msg = M.validate(ep, args)
+      local msg = M.validate(ep, args) or M.check_call_opts(call_opts)
       if msg then fail(platform, name .. ": " .. msg, 2) end
       return self:call_endpoint(ep, args or {}, call_opts)
     end
@@ -112,14 +157,38 @@ function M.redact_url(url)
   end))
 end
 
--- Common options: base_url, timeout (15 s), connect_timeout (5 s), ssl_verify (true), cainfo,
--- capath, proxy, user_agent, transport (an object with :request, or "curl", "ngx_thread",
--- "resty_http"; see kaifang.transport), thread_pool (ngx_thread), clock (a function returning
--- unix seconds; for clock skew and tests), max_attempts (1: a retryable failure is returned at
--- once; more: retried with backoff, only where it cannot duplicate), on_request, on_response.
+-- Options every client takes: base_url, timeout (15 s), connect_timeout (5 s), ssl_verify (true),
+-- cainfo, capath, proxy, user_agent, max_body, transport (an object with :request, or "curl",
+-- "ngx_thread", "resty_http"; see kaifang.transport), thread_pool (ngx_thread),
+-- keepalive_timeout and keepalive_pool (resty_http), clock (a function returning unix seconds;
+-- for clock skew and tests), max_attempts (1: a retryable failure is returned at once; more:
+-- retried with backoff, only where it cannot duplicate), on_request, on_response, debug.
+M.COMMON_OPTIONS = {
+  base_url = true, timeout = true, connect_timeout = true, ssl_verify = true, cainfo = true, capath = true,
+  proxy = true, user_agent = true, max_body = true, transport = true, thread_pool = true,
+  keepalive_timeout = true, keepalive_pool = true, clock = true, max_attempts = true,
+  on_request = true, on_response = true, debug = true,
+}
+
+-- fields: required (option names of non-empty strings, kept on the client), secret (the option
+-- holding the secret, kept off it), base_url (the default), options (the platform's own option
+-- names). Any other option is a typo and raises, as an unknown parameter does.
+function M.check_options(opts, fields)
+  local known = {}
+  for k in pairs(M.COMMON_OPTIONS) do known[k] = true end
+  for _, k in ipairs(fields.required or {}) do known[k] = true end
+  for _, k in ipairs(fields.options or {}) do known[k] = true end
+  if fields.secret then known[fields.secret] = true end
+  for k in pairs(opts) do
+    if not known[k] then return M.unknown("option", k, known) end
+  end
+end
+
 function M.new(Class, opts, fields)
   local platform = Class.platform
   if type(opts) ~= "table" then fail(platform, "new expects a table of options", 3) end
+  local msg = M.check_options(opts, fields)
+  if msg then fail(platform, msg, 3) end
   local self = setmetatable({}, Class)
   for _, name in ipairs(fields.required) do
     local v = opts[name]
@@ -148,8 +217,11 @@ function M.new(Class, opts, fields)
     fail(platform, "option 'max_attempts' must be a positive integer", 3)
   end
   self.max_attempts = attempts or 1
+  for _, name in ipairs({ "on_request", "on_response", "clock" }) do
+    if opts[name] ~= nil and type(opts[name]) ~= "function" then fail(platform, "option '" .. name .. "' must be a function", 3) end
+  end
+  if opts.debug ~= nil and type(opts.debug) ~= "boolean" then fail(platform, "option 'debug' must be true or false", 3) end
   M.hooks(self, opts)
-  if opts.clock ~= nil and type(opts.clock) ~= "function" then fail(platform, "option 'clock' must be a function", 3) end
   self.clock = opts.clock or os.time
   local transport, terr = require("kaifang.transport").select(opts) -- explicit option, else nginx's or libcurl
   self.transport = transport or fail(platform, terr, 3)
@@ -186,12 +258,18 @@ end
 
 -- Hooks: opts.on_request(info) before each attempt and opts.on_response(info) after it, with
 -- platform, method, url (secrets hidden), attempt, and after it http_status, code, kind,
--- elapsed_ms. KAIFANG_DEBUG=1 prints one line per attempt to stderr.
+-- elapsed_ms. opts.debug (default: KAIFANG_DEBUG=1 in the environment) also prints one line per
+-- attempt to stderr with the string-to-sign, secret masked (info.signed, given to hooks too).
 function M.hooks(self, opts)
-  self.on_request, self.on_response = opts.on_request, opts.on_response
-  if not self.on_response and os.getenv("KAIFANG_DEBUG") == "1" then
-    self.on_response, self.debug = debug_hook, true
+  local debug = opts.debug
+  if debug == nil then debug = os.getenv("KAIFANG_DEBUG") == "1" end
+  local on_response = opts.on_response
+  if debug and on_response then
+    self.on_response = function(info) debug_hook(info); on_response(info) end
+  else
+    self.on_response = debug and debug_hook or on_response
   end
+  self.on_request, self.debug = opts.on_request, debug or nil
 end
 
 function Base:request_info(ep, req, attempt)
@@ -202,12 +280,7 @@ end
 function Base:report(info, started, res, err)
   info.elapsed_ms = (monotonic() - started) * 1000
   info.http_status = res and res.status or (err and err.http_status)
-  if err then
-    info.kind, info.code = err.kind, err.code
-    if info.signed and not (self.is_signature_error and self:is_signature_error(err)) then info.signed = nil end
-  else
-    info.signed = nil
-  end
+  if err then info.kind, info.code = err.kind, err.code end
   self.on_response(info)
 end
 
@@ -225,9 +298,8 @@ function Base:call_endpoint(ep, args, call_opts)
     local res, err = self:send(ep, req)
     local value, extra = self:outcome(ep, res, err, acts)
     if info and self.on_response then self:report(info, started, res, value == nil and extra or nil) end
-    if value ~= nil or not (extra and extra.retryable) or attempt >= self.max_attempts then
-      return value, extra
-    end
+    if value ~= nil then return value end -- one value on success, never a second
+    if not (extra and extra.retryable) or attempt >= self.max_attempts then return nil, extra end
     require("kaifang.transport").sleep(M.backoff(attempt)) -- ngx.sleep inside nginx
   end
 end
@@ -299,18 +371,17 @@ function Base:decode(ep, res)
   return doc
 end
 
--- Replies shaped { <code_field> = 0 | code, <message_field> = text, data = ... }: data (absent or
--- null: {}) and the reply for code 0; else nil, err (a reply without the code is a decode error).
--- A platform error carries the code as sent and the message when it is text; the platform
--- module settles the rest (retryable, a message of its own) on it.
+-- Replies shaped { <code_field> = 0 | code, <message_field> = text, data = ... }: the reply for
+-- code 0, its data {} when absent or null; else nil, err (a reply without the code is a decode
+-- error). A platform error carries the code as sent and the message when it is text; the
+-- platform module settles the rest (retryable, a message of its own) on it.
 function Base:coded_reply(ep, res, code_field, message_field)
   local doc, err = self:decode(ep, res)
   if not doc then return nil, err end
   local code = doc[code_field]
   if code == 0 or code == "0" then
-    local data = doc.data
-    if data == nil or data == cjson.null then data = {} end
-    return data, doc
+    if doc.data == nil or doc.data == cjson.null then doc.data = {} end
+    return doc
   end
   if code == nil or code == cjson.null then
     return nil, self:error{ kind = "decode", http_status = res.status,

@@ -33,29 +33,26 @@ local RESERVED = { client_id = true, app_id = true, timestamp = true, sign = tru
 local function check_params(args, required, strict)
   if args == nil then args = {} end
   if type(args) ~= "table" then return "expected a table of parameters, got " .. type(args) end
-  for _, name in ipairs(required or {}) do
-    if args[name] == nil or args[name] == "" then return "missing required parameter '" .. name .. "'" end
-  end
   local known = {}
   for _, name in ipairs(required or {}) do known[name] = true end
   for k, v in pairs(args) do
     if type(k) ~= "string" then return "parameter names must be strings, got " .. type(k) end
     if RESERVED[k] then return "parameter '" .. k .. "' is added by the client; do not pass it" end
-    if strict and not known[k] then
-      local names = {}
-      for n in pairs(known) do names[#names + 1] = n end
-      table.sort(names)
-      return "unknown parameter '" .. k .. "' (expected " .. table.concat(names, ", ") .. ")"
-    end
+    if strict and not known[k] then return client.unknown("parameter", k, known) end
     if type(v) == "number" then
       if not tointeger(v) then
         return "parameter '" .. k .. "' must be a whole number or a string, got " .. tostring(v)
       end
     elseif type(v) == "string" then
-      if v == "" then return "parameter '" .. k .. "' is empty: omit it instead" end
+      if v == "" then
+        return known[k] and ("missing required parameter '" .. k .. "'") or ("parameter '" .. k .. "' is empty: omit it instead")
+      end
     else
       return "parameter '" .. k .. "' must be a string or a whole number, got " .. type(v)
     end
+  end
+  for _, name in ipairs(required or {}) do
+    if args[name] == nil then return "missing required parameter '" .. name .. "'" end
   end
 end
 
@@ -81,6 +78,8 @@ end
 -- and the id goes out under the name configured (id_field; by default the spelling given).
 function M.new(opts)
   if type(opts) ~= "table" then fail("new expects a table of options", 2) end
+  local msg = client.check_options(opts, { options = { "client_id", "app_id", "client_secret", "app_secret", "id_field" } })
+  if msg then fail(msg, 2) end
   local id, id_name = pick(opts, "client_id", "app_id")
   local secret = pick(opts, "client_secret", "app_secret")
   if type(id) ~= "string" or id == "" then fail("option 'client_id' (or 'app_id') must be a non-empty string", 2) end
@@ -96,6 +95,7 @@ function M.new(opts)
   o.client_id, o.client_secret = id, secret
   local self = (client.new(Dakashi, o, { -- not a tail call: client.new raises at level 3, our caller
     required = { "client_id" }, secret = "client_secret", base_url = "http://api.qwtong.me",
+    options = { "id_field" },
   }))
   self.id_field = field
   return self
@@ -112,7 +112,8 @@ function Dakashi:call(path, params, call_opts)
   if type(path) ~= "string" or not path:match("^/[%w%-%._~/]*$") then
     fail("call: the path must start with '/', such as \"/v1/member/info\", got " .. tostring(path), 2)
   end
-  if call_opts ~= nil and type(call_opts) ~= "table" then fail("call: options must be a table", 2) end
+  local bad = client.check_call_opts(call_opts)
+  if bad then fail("call: " .. bad, 2) end
   local msg = check_params(params)
   if msg then fail("call " .. path .. ": " .. msg, 2) end
   local acts = true
@@ -149,10 +150,6 @@ function Dakashi:build_request(ep, args)
     body = json_object(params),
     signed = signed,
   }
-end
-
-function Dakashi:is_signature_error(err)
-  return err.code == 55003
 end
 
 -- Known codes (the document gives 0 and 50000; the 55001-55019 range comes from public

@@ -67,11 +67,6 @@ function Lingdian:build_request(ep, args)
   }
 end
 
--- The platform answers a bad signature as it answers an unknown developer.
-function Lingdian:is_signature_error(err)
-  return err.code == 104 and type(err.message) == "string" and err.message:find("没有对应权限", 1, true) ~= nil
-end
-
 local function too_frequent(message)
   return type(message) == "string" and message:find("频繁", 1, true) ~= nil
 end
@@ -89,12 +84,11 @@ function Lingdian:interpret(ep, res)
   local code = tonumber(doc.code)
   if code == 100 then
     if ep.name == "get_user_tel_by_code" then
-      local tel = phone_string(doc.data)
-      if not tel then
+      doc.data = phone_string(doc.data)
+      if not doc.data then
         return nil, self:error{ kind = "decode", code = code, http_status = res.status, retryable = true,
                                 message = "success reply without a phone number" }
       end
-      return tel, doc
     end
     return doc
   end

@@ -195,6 +195,7 @@ function M.new(opts)
   end
   local self = (client.new(Yopoint, o, { -- not a tail call: client.new raises at level 3, our caller
     required = { "appid" }, secret = "app_secret", base_url = "https://api.yopoint.com",
+    options = { "sign_key", "timestamp_unit", "notify_window", "version" },
   }))
   if not opts.clock then self.clock = core.now end -- milliseconds need the sub-second part
   self.timestamp_unit = unit
@@ -218,7 +219,8 @@ function Yopoint:call(method, biz, call_opts)
   if type(method) ~= "string" or not method:match(METHOD_NAME) then
     fail("call: the method must be a lower-case gateway method name such as \"cabinet.list\", got " .. tostring(method), 2)
   end
-  if call_opts ~= nil and type(call_opts) ~= "table" then fail("call: options must be a table", 2) end
+  local bad = client.check_call_opts(call_opts)
+  if bad then fail("call: " .. bad, 2) end
   local json, msg = biz_json(biz)
   if not json then fail("call " .. method .. ": " .. msg, 2) end
   local acts = true
@@ -254,11 +256,6 @@ function Yopoint:build_request(ep, args)
     body = core.form_encode(params),
     signed = signed,
   }
-end
-
--- How the sandbox (and, by its reading, the platform) says the sign is wrong.
-function Yopoint:is_signature_error(err)
-  return err.message == "ERR_SIGN"
 end
 
 -- Only a rate-limit reply is worth repeating; the code is what the sandbox writes (inferred).
@@ -334,7 +331,7 @@ end
 function Yopoint:pay_notify_result(ep, res)
   local body = res.body or ""
   local answer = body:match("^%s*(.-)%s*$")
-  if res.status >= 200 and res.status <= 299 and answer == "success" then return true end
+  if res.status >= 200 and res.status <= 299 and answer == "success" then return { data = answer } end
   -- The receiver did not take it. A payment notice for the same trade is idempotent by design
   -- (the receiver settles the order once), so sending it again is how this is repaired.
   return nil, self:error{

@@ -105,6 +105,8 @@ local function opt_fail(msg) error("kaifang.zafu: " .. msg, 3) end
 function M.new(opts)
   local self = client.new(Zafu, opts, { -- not a tail call: client.new raises at level 3, our caller
     required = { "client_id", "app_id" }, secret = "client_secret", base_url = "https://open.zafu.edu.cn",
+    options = { "token_store", "refresh_ahead", "token_wait", "scope", "aes_mode", "aes_iv", "aes_encoding",
+                "sleep", "token_key" },
   })
   if #self.app_id > 16 then opt_fail("option 'app_id' is longer than 16 characters, so it cannot be left-padded into the AES-128 key") end
 
@@ -152,8 +154,11 @@ function M.new(opts)
   self.monotonic = opts.clock or core.monotonic
 
   if opts.token_key ~= nil and (type(opts.token_key) ~= "string" or opts.token_key == "") then opt_fail("option 'token_key' must be a non-empty string") end
-  -- a sandbox's token is never sent to the real platform: the base URL is part of the key
-  self.token_key = opts.token_key or ("zafu:token:" .. self.client_id .. "@" .. self.base_url)
+  -- Keyed by the credentials, so that a client with a wrong secret never borrows a good client's
+  -- token (a digest, never the secret itself), and by the base URL, so that a sandbox's token is
+  -- never sent to the real platform.
+  self.token_key = opts.token_key or ("zafu:token:%s:%s@%s"):format(self.client_id,
+    core.digest("sha256", "kaifang zafu token\0" .. self.client_id .. "\0" .. client.secret(self)):sub(1, 16), self.base_url)
   self.owner_id = core.random_hex(12)
   self.owner_seq = 0
   self.stats = { fetched = 0, refused = 0, waited = 0 }
@@ -166,31 +171,17 @@ function Zafu:__tostring()
     self.client_id, self.app_id, self.base_url, tostring(self.token_store))
 end
 
----------------------------------------------------------------------------- secrets out of strings
+---------------------------------------------------------------------------- tokens out of strings
 
-local function replace_plain(s, what, with)
-  if type(s) ~= "string" or type(what) ~= "string" or what == "" then return s end
-  local out, pos = {}, 1
-  while true do
-    local a, b = s:find(what, pos, true)
-    if not a then break end
-    out[#out + 1] = s:sub(pos, a - 1)
-    out[#out + 1] = with
-    pos = b + 1
-  end
-  if pos == 1 then return s end
-  out[#out + 1] = s:sub(pos)
-  return concat(out)
-end
-
--- Text that came from the network, with the tokens sent lately and the secret taken out.
-function Zafu:scrub(s)
-  for _, token in ipairs(recent[self] or {}) do s = replace_plain(s, token, "<access_token>") end
-  return replace_plain(s, client.secret(self), "<client_secret>")
-end
-
+-- Text from the platform with the tokens this client sent lately replaced: a platform that
+-- refuses a token may quote it ("Invalid access token: <token>"). The client secret needs no
+-- such care: it is sent in the token request's body only, which no message repeats.
 function Zafu:scrubbed(err)
-  if type(err) == "table" and type(err.message) == "string" then err.message = self:scrub(err.message) end
+  if type(err) == "table" and type(err.message) == "string" then
+    for _, token in ipairs(recent[self] or {}) do
+      err.message = err.message:gsub(token:gsub("%p", "%%%0"), "<access_token>")
+    end
+  end
   return err
 end
 
@@ -235,7 +226,7 @@ function Zafu:fetch_token()
     headers = { ["Content-Type"] = "application/json", Accept = "application/json" },
     body = cjson.encode(body),
   })
-  if not res then return nil, self:scrubbed(err) end
+  if not res then return nil, err end
   local doc = decode_object(res.body)
   if res.status ~= 200 then
     local oauth = OAUTH_STATUS[res.status]
@@ -245,7 +236,7 @@ function Zafu:fetch_token()
     end
     return nil, self:error{
       kind = oauth and "auth" or "http", code = doc and doc.error or res.status, http_status = res.status,
-      message = self:scrub(message), retryable = not oauth,
+      message = message, retryable = not oauth,
     }
   end
   local token = doc and doc.access_token
@@ -433,9 +424,8 @@ function Zafu:call_endpoint(ep, args, call_opts)
   while true do
     attempt = attempt + 1
     local value, extra = self:attempt(ep, args, acts, attempt)
-    if value ~= nil or not (extra and extra.retryable) or attempt >= self.max_attempts then
-      return value, extra
-    end
+    if value ~= nil then return value end -- one value on success, never a second
+    if not (extra and extra.retryable) or attempt >= self.max_attempts then return nil, extra end
     self.sleep(client.backoff(attempt))
   end
 end

@@ -90,7 +90,8 @@ function M.hold()
   local threads = {}
   for i = 1, n do
     threads[i] = ngx.thread.spawn(function()
-      local tel, err = ld:get_user_tel_by_code{ user_code = "U2TD844B2" }
+      local res, err = ld:get_user_tel_by_code{ user_code = "U2TD844B2" }
+      local tel = res and res.data
       ngx.update_time()
       return tel, err and tostring(err), ngx.now() - started
     end)
@@ -119,7 +120,8 @@ end
 function M.timer()
   local key = "timer:" .. ngx.now() .. ":" .. math.random()
   ngx.timer.at(0, function()
-    local tel, err = M.client("lingdian"):get_user_tel_by_code{ user_code = "U2TD844B2" }
+    local res, err = M.client("lingdian"):get_user_tel_by_code{ user_code = "U2TD844B2" }
+    local tel = res and res.data
     ngx.shared.spec:set(key, cjson.encode({ tel = tel, err = err and tostring(err) }))
   end)
   for _ = 1, 500 do
