@@ -25,6 +25,7 @@ end
 run("examples/notify.lua", "WeChat notices through Lingdian Campus")
 run("examples/cabinet_delivery.lua", "Yopoint cabinet orders into Lingdian delivery")
 run("examples/card_reminders.lua", "Dakashi card usage into Lingdian reminders")
+run("examples/zafu_messages.lua", "ZAFU campus-app notices, read back by dataKey")
 
 print("\n== what the sandbox's Lingdian Campus accepted")
 for _, kind in ipairs({ "messages", "orders", "reminders" }) do
@@ -35,6 +36,16 @@ for _, kind in ipairs({ "messages", "orders", "reminders" }) do
     print(("  #%s %s"):format(math.tointeger(r.id) or tostring(r.id), p.tel or p.shop_code or p.msisdn or ""))
   end
 end
+
+print("\n== what the sandbox's ZAFU accepted")
+local messages = sb:records("zafu", "messages") or {}
+print(("%d messages"):format(#messages))
+for _, m in ipairs(messages) do
+  print(("  #%s %s to %s (dataKey %s)"):format(math.tointeger(m.id) or tostring(m.id), m.via, tostring(m.xgh or m.userno),
+    tostring(m.dataKey)))
+end
+local tokens = sb:records("zafu", "tokens") or {}
+print(("%d token issued"):format(math.tointeger(tokens.issued) or 0))
 
 sb:stop()
 print("\nsandbox stopped")
