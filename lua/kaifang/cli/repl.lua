@@ -95,8 +95,11 @@ local function line_reader(env)
   end
   rl.set_options{ histfile = history_path() or "", keeplines = 1000, completion = true }
   rl.set_readline_name("kaifang")
-  rl.set_complete_function(completer(env))
-  rl.set_completion_append_character("")
+  local complete = completer(env)
+  rl.set_complete_function(function(...)
+    rl.set_completion_append_character("") -- readline resets it to a space before every completion
+    return complete(...)
+  end)
   return rl.readline, rl.save_history, true
 end
 
