@@ -78,7 +78,7 @@ function M.read_profile(name)
     f:close()
     return nil, "cannot read the permissions of " .. path
   end
-  if mode & 63 ~= 0 then -- 077: any access for group or others
+  if mode % 64 ~= 0 then -- the 077 bits: any access for group or others
     f:close()
     return nil, ("profile %s is accessible by others (mode %03o); it holds secrets: chmod 600 %s"):format(path, mode, path)
   end

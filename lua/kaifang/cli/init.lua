@@ -108,8 +108,15 @@ local function apply_options(opts, args)
   return opts
 end
 
-local function start_sandbox()
-  return require("kaifang.sandbox").start{ port = 0, own_session = true }
+-- fn(sandbox) with --sandbox (a sandbox of its own, stopped however fn ends), else fn(nil).
+-- No <close>: the library's modules stay parseable by LuaJIT (spec/openresty_spec.lua).
+local function with_sandbox(args, fn)
+  if not args.sandbox then return fn(nil) end
+  local sb = require("kaifang.sandbox").start{ port = 0, own_session = true }
+  local ok, result = pcall(fn, sb)
+  sb:stop()
+  if not ok then error(result, 0) end
+  return result
 end
 
 ---------------------------------------------------------------------------- call
@@ -123,10 +130,8 @@ local function describe(err)
   return text
 end
 
-local function cmd_call(args)
-  local platform, method = args.platform, args.method
-  local invoke = invoker(platform, method, M.parse_params(args.params))
-  local sb <close> = args.sandbox and start_sandbox() or nil -- stopped however this ends
+local function call(args, invoke, sb)
+  local platform = args.platform
   local opts
   if sb then
     opts = config.sandbox_options(platform, sb.url)
@@ -158,6 +163,11 @@ local function cmd_call(args)
     io.stderr:write("kaifang: the request may have reached the platform: check before sending it again\n")
   end
   return status
+end
+
+local function cmd_call(args)
+  local invoke = invoker(args.platform, args.method, M.parse_params(args.params))
+  return with_sandbox(args, function(sb) return call(args, invoke, sb) end)
 end
 
 ---------------------------------------------------------------------------- sign
@@ -252,8 +262,7 @@ end
 
 ---------------------------------------------------------------------------- repl
 
-local function cmd_repl(args)
-  local sb <close> = args.sandbox and start_sandbox() or nil
+local function repl(args, sb)
   local bindings, names, notes = { kaifang = kaifang, sb = sb }, {}, {}
   local lookup, where
   if not sb then lookup, where = credentials_source(args.profile) end
@@ -275,6 +284,10 @@ local function cmd_repl(args)
   return require("kaifang.cli.repl").run{ bindings = bindings, clients = names, notes = notes, sandbox = sb }
 end
 
+local function cmd_repl(args)
+  return with_sandbox(args, function(sb) return repl(args, sb) end)
+end
+
 ---------------------------------------------------------------------------- the parser
 
 local function credentials_help()
@@ -293,7 +306,7 @@ end
 
 local CALL_HELP = [[
 Parameters: key=value gives a string; key:=JSON a number, list or object, e.g.
-  kaifang call yopoint cabinet_order_list Page:=1 'Products:=[{"ProductId":"P1001","Num":1}]'
+  kaifang call yopoint cabinet_order_user_appeal ReceiptNo=OD... Content=少货 'Images:=["https://..."]'
 ZAFU's menu_submit takes json=<the menu tree as JSON>, menu_delete id=<menu id>. A Yopoint
 method with dots (cabinet.list) or a Dakashi path (/v1/member/info) calls any gateway method or path.
 
