@@ -68,14 +68,20 @@ compilers:
 spec: all luajit
 	$(BUSTED)
 
-# The rockspec must build with no network and no other rocks.
-# Debian keeps curl/curl.h in the multiarch include directory, where luarocks does not look.
-CURL_INCDIR ?= $(shell pkg-config --variable=includedir libcurl 2>/dev/null)
+# The README's rock command, with no network, no other rocks and no variables, into build/rocks;
+# then the installed command and modules from another directory with only that tree's paths.
+ROCK_TREE  := $(CURDIR)/build/rocks
+ROCK_CHECK := for _, m in ipairs{ "kaifang.core", "kaifang.sandbox.httpd", "kaifang.lingdian", "kaifang.ngx" } do \
+                require(m); local f = package.searchpath(m, package.path) or package.searchpath(m, package.cpath); \
+                assert(f:find("$(ROCK_TREE)/", 1, true) == 1, m .. " loads from " .. f) end
 rock:
 	@mkdir -p build
-	luarocks --lua-version=5.4 make --deps-mode=none --tree=build/rocks kaifang-scm-1.rockspec \
-	  $(if $(CURL_INCDIR),CURL_INCDIR=$(CURL_INCDIR)) >build/rock.log 2>&1 || { cat build/rock.log; exit 1; }
-	@echo "luarocks make: ok (build/rocks)"
+	luarocks --lua-version=5.4 make --deps-mode=none --tree=$(ROCK_TREE) kaifang-scm-1.rockspec \
+	  >build/rock.log 2>&1 || { cat build/rock.log; exit 1; }
+	@cd / && unset LUA_PATH LUA_CPATH && eval "$$(luarocks --lua-version=5.4 --tree=$(ROCK_TREE) path)" \
+	  && kaifang --help >/dev/null \
+	  && $(LUA) -e '$(ROCK_CHECK)'
+	@echo "luarocks make: ok (build/rocks; its kaifang command and modules load from /)"
 
 # deps first, then the rest in a second make (see the top).
 test: deps
