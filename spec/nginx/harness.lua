@@ -220,15 +220,26 @@ end
 function Nginx:get(path) return self:request("GET", path) end
 
 
+-- The master's nginx children (its workers), from /proc: a minimal Debian has no pgrep.
+function Nginx:workers()
+  local out = {}
+  local p = io.popen("cat /proc/[0-9]*/stat 2>/dev/null")
+  for line in p:lines() do
+    local pid, comm, ppid = line:match("^(%d+) %((.*)%) %a (%d+)")
+    if comm == "nginx" and tonumber(ppid) == self.pid then out[#out + 1] = tonumber(pid) end
+  end
+  p:close()
+  table.sort(out)
+  return out
+end
+
 -- Stops nginx (TERM to the master: the workers end with it), reaps it, removes the prefix.
 function Nginx:stop()
   if self.stopped then return end
   self.stopped = true
   local pid = self.pid
   if pid then
-    local _, out = sh("pgrep -P " .. math.floor(pid))
-    local workers = {}
-    for w in out:gmatch("%d+") do workers[#workers + 1] = tonumber(w) end
+    local workers = self:workers()
     sh("kill -TERM " .. math.floor(pid))
     local deadline = core.monotonic() + 5
     while alive(pid) and core.monotonic() < deadline do core.sleep(0.05) end
