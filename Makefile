@@ -1,14 +1,16 @@
 # kaifang: plain `make` builds the C modules into build/lib; `make test` and `make demo` also
-# install the Debian packages they need first.
+# install the Debian packages they need first, then build in a second make, which asks pkg-config
+# for the Lua headers only after they are installed.
 LUA         ?= lua5.4
 LUA_PC      ?= lua5.4
-LUA_CFLAGS  ?= $(shell pkg-config --cflags $(LUA_PC) 2>/dev/null)
+LUA_CFLAGS  ?= $(or $(shell pkg-config --cflags $(LUA_PC) 2>/dev/null),-I/usr/include/lua5.4)
 CC          ?= cc
 CFLAGS      ?= -O2 -g
 WARN        := -Wall -Wextra -Werror
-KF_CFLAGS   := -std=c99 -D_POSIX_C_SOURCE=200809L -fPIC $(WARN) -Icsrc $(LUA_CFLAGS)
+KF_CFLAGS    = -std=c99 -D_POSIX_C_SOURCE=200809L -fPIC $(WARN) -Icsrc $(LUA_CFLAGS)
 LDSHARED    := -shared
-BUSTED      ?= $(LUA) /usr/bin/busted
+# .busted names lua5.4 for a plain `busted`; here LUA decides.
+BUSTED      ?= $(LUA) /usr/bin/busted --ignore-lua
 OUT         ?= build/lib
 
 CORE_SRC  := csrc/core.c csrc/sign.c csrc/crypto.c csrc/http.c csrc/store.c
@@ -18,14 +20,14 @@ CORE_SO   := $(OUT)/kaifang/core.so
 HTTPD_SO  := $(OUT)/kaifang/sandbox/httpd.so
 
 DEBIAN_PACKAGES := lua5.4 liblua5.4-dev libcurl4-openssl-dev libssl-dev lua-cjson lua-busted \
-                   lua-argparse libmicrohttpd-dev pkg-config gcc clang luarocks \
+                   lua-argparse lua-readline libmicrohttpd-dev pkg-config gcc clang luarocks \
                    redis-server libhiredis-dev \
                    nginx-light libnginx-mod-http-lua libluajit2-5.1-dev luajit2
 
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;
 export LUA_CPATH := $(CURDIR)/$(OUT)/?.so;;
 
-.PHONY: all luajit deps test unit spec compilers rock demo bench clean
+.PHONY: all luajit deps test checks unit spec compilers rock demo bench clean
 
 all: $(CORE_SO) $(HTTPD_SO)
 
@@ -40,7 +42,7 @@ $(HTTPD_SO): $(HTTPD_SRC) csrc/compat.h
 # The same C modules against LuaJIT's headers (what nginx's lua module runs), into build/luajit.
 # libluajit2-5.1-dev (OpenResty's branch): libnginx-mod-http-lua needs it, and it conflicts with libluajit-5.1-dev.
 luajit:
-	$(MAKE) --no-print-directory OUT=build/luajit LUA_CFLAGS="$$(pkg-config --cflags luajit)" all
+	$(MAKE) --no-print-directory OUT=build/luajit LUA_CFLAGS="$$(pkg-config --cflags luajit 2>/dev/null || echo -I/usr/include/luajit-2.1)" all
 
 # Installs only what is missing; needs root or sudo the first time.
 deps:
@@ -66,26 +68,37 @@ compilers:
 spec: all luajit
 	$(BUSTED)
 
-# The rockspec must build with no network and no other rocks.
-# Debian keeps curl/curl.h in the multiarch include directory, where luarocks does not look.
-CURL_INCDIR ?= $(shell pkg-config --variable=includedir libcurl 2>/dev/null)
+# The README's rock command, with no network, no other rocks and no variables, into build/rocks;
+# then the installed command and modules from another directory with only that tree's paths.
+ROCK_TREE  := $(CURDIR)/build/rocks
+ROCK_CHECK := for _, m in ipairs{ "kaifang.core", "kaifang.sandbox.httpd", "kaifang.lingdian", "kaifang.ngx" } do \
+                require(m); local f = package.searchpath(m, package.path) or package.searchpath(m, package.cpath); \
+                assert(f:find("$(ROCK_TREE)/", 1, true) == 1, m .. " loads from " .. f) end
 rock:
 	@mkdir -p build
-	luarocks --lua-version=5.4 make --deps-mode=none --tree=build/rocks kaifang-scm-1.rockspec \
-	  $(if $(CURL_INCDIR),CURL_INCDIR=$(CURL_INCDIR)) >build/rock.log 2>&1 || { cat build/rock.log; exit 1; }
-	@echo "luarocks make: ok (build/rocks)"
+	luarocks --lua-version=5.4 make --deps-mode=none --tree=$(ROCK_TREE) kaifang-scm-1.rockspec \
+	  >build/rock.log 2>&1 || { cat build/rock.log; exit 1; }
+	@cd / && unset LUA_PATH LUA_CPATH && eval "$$(luarocks --lua-version=5.4 --tree=$(ROCK_TREE) path)" \
+	  && kaifang --help >/dev/null \
+	  && $(LUA) -e '$(ROCK_CHECK)'
+	@echo "luarocks make: ok (build/rocks; its kaifang command and modules load from /)"
 
-test: deps all luajit compilers unit rock spec
+# deps first, then the rest in a second make (see the top).
+test: deps
+	@$(MAKE) --no-print-directory checks
+checks: all luajit compilers unit rock spec
 
-demo: deps all
+demo: deps
+	@$(MAKE) --no-print-directory all
 	$(LUA) examples/demo.lua
 
 BENCH_PACKAGES := wrk gnuplot-nox lua-luaossl lua-socket
-bench: deps all
-	@$(MAKE) --no-print-directory deps DEBIAN_PACKAGES="$(BENCH_PACKAGES)"
+bench: deps
+	@$(MAKE) --no-print-directory deps all DEBIAN_PACKAGES="$(BENCH_PACKAGES)"
 	$(LUA) bench/sign.lua
 	$(LUA) bench/batch.lua
 	$(LUA) bench/memory.lua
 
+# also what `luarocks make` leaves in the checkout
 clean:
-	rm -rf build
+	rm -rf build kaifang csrc/*.o

@@ -15,9 +15,12 @@ core, with a sandbox server that behaves like the platforms for testing.
 dependencies = {
   "lua >= 5.1",
   "lua-cjson",
+  "argparse", -- the kaifang command
 }
+-- No header check for curl: Debian keeps curl/curl.h in the multiarch include directory
+-- (/usr/include/<triplet>), where luarocks does not look but the compiler does.
 external_dependencies = {
-  CURL = { header = "curl/curl.h", library = "curl" },
+  CURL = { library = "curl" },
   OPENSSL = { header = "openssl/evp.h", library = "crypto" },
   MICROHTTPD = { header = "microhttpd.h", library = "microhttpd" },
   HIREDIS = { header = "hiredis/hiredis.h", library = "hiredis" },

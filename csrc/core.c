@@ -1,9 +1,11 @@
 /* kaifang.core: the Lua binding of the signer, the crypto helpers and the libcurl transport. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "compat.h"
@@ -688,6 +690,98 @@ static int l_multi_counts(lua_State *L) {
   return 2;
 }
 
+/* ---- pinned directories (kaifang.ngx.init) ----------------------------------------------- */
+/* nginx's master (root) opens the package path's directories; its workers (another user) inherit
+ * the descriptors and reach the code through /proc/self/fd/N/, which does not check the
+ * directory's ancestors, so a checkout in a private folder still loads. One descriptor per
+ * directory per process, shared by the Lua states that pinned it and closed with the last of
+ * them: a reload (a new VM in the master) reuses it, and one that the new configuration no longer
+ * names closes with the old VM, which nginx drops only once the reload has succeeded. Only for
+ * nginx's init phase, which is single-threaded: there is no lock. */
+
+#ifdef __linux__
+#define MAX_PINS 64
+#define PINS_KEY "kaifang.core.pins" /* this state's set, in the registry */
+static struct { dev_t dev; ino_t ino; int fd; int users; } pins[MAX_PINS];
+typedef struct { unsigned char held[MAX_PINS]; } pinset;
+
+static int pinset_gc(lua_State *L) {
+  pinset *set = lua_touserdata(L, 1);
+  int i;
+  for (i = 0; i < MAX_PINS; i++) {
+    if (set->held[i] && --pins[i].users == 0) close(pins[i].fd);
+    set->held[i] = 0;
+  }
+  return 0;
+}
+
+static pinset *pinset_of(lua_State *L) {
+  pinset *set;
+  lua_getfield(L, LUA_REGISTRYINDEX, PINS_KEY);
+  set = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (set) return set;
+  set = kf_newuserdata(L, sizeof *set);
+  memset(set, 0, sizeof *set);
+  lua_newtable(L);
+  lua_pushcfunction(L, pinset_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  lua_setfield(L, LUA_REGISTRYINDEX, PINS_KEY);
+  return set;
+}
+#endif
+
+/* core.pin_dir(path) -> fd | nil, err: the directory held open for as long as this state lives. */
+static int l_pin_dir(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+#ifdef __linux__
+  struct stat st;
+  pinset *set = pinset_of(L);
+  int i, slot = -1, fd;
+  if (stat(path, &st) != 0) goto fail;
+  if (!S_ISDIR(st.st_mode)) {
+    errno = ENOTDIR;
+    goto fail;
+  }
+  for (i = 0; i < MAX_PINS; i++) {
+    if (pins[i].users > 0 && pins[i].dev == st.st_dev && pins[i].ino == st.st_ino) {
+      if (!set->held[i]) {
+        set->held[i] = 1;
+        pins[i].users++;
+      }
+      lua_pushinteger(L, pins[i].fd);
+      return 1;
+    }
+    if (pins[i].users == 0 && slot < 0) slot = i;
+  }
+  if (slot < 0) {
+    errno = EMFILE;
+    goto fail;
+  }
+  fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0 || fstat(fd, &st) != 0) { /* fstat: what was opened, should the path have moved */
+    if (fd >= 0) close(fd);
+    goto fail;
+  }
+  pins[slot].dev = st.st_dev;
+  pins[slot].ino = st.st_ino;
+  pins[slot].fd = fd;
+  pins[slot].users = 1;
+  set->held[slot] = 1;
+  lua_pushinteger(L, fd);
+  return 1;
+fail:
+  lua_pushnil(L);
+  lua_pushfstring(L, "%s: %s", path, strerror(errno));
+  return 2;
+#else
+  lua_pushnil(L);
+  lua_pushfstring(L, "%s: not pinned (no /proc/self/fd on this system)", path);
+  return 2;
+#endif
+}
+
 /* ---- module ------------------------------------------------------------------------------ */
 
 static const luaL_Reg signer_methods[] = {{"sign", l_signer_sign}, {NULL, NULL}};
@@ -707,6 +801,7 @@ static const luaL_Reg functions[] = {
     {"multi", l_multi},
     {"now", l_now},                 {"monotonic", l_monotonic},
     {"sleep", l_sleep},             {"isatty", l_isatty},
+    {"pin_dir", l_pin_dir},
     {NULL, NULL}};
 
 int luaopen_kaifang_core(lua_State *L) {

@@ -41,6 +41,8 @@ local function sandbox_has(name)
   return false
 end
 
+local function is_root() return os.execute("test \"$(id -u)\" = 0") == true end
+
 local function module_exists(name) return (pcall(require, "kaifang." .. name)) end
 
 -- One call per platform, made through the thread transport inside nginx. Adding a platform:
@@ -572,53 +574,115 @@ end)
 
 ---------------------------------------------------------------------------- the example
 
-describe("examples/openresty as written", function()
-  local sb, ng
+-- private: the example in a folder only its owner may enter, as a clone in `mktemp -d` or in a
+-- private home directory, with nginx started as root, so its workers run as another user
+-- (nobody), who cannot enter it.
+local function example(title, private)
+  describe(title, function()
+    local sb, ng
+    if private and not is_root() then
+      pending("needs root: nginx started as root runs its workers as nobody, who cannot enter the private folder")
+      return
+    end
 
-  setup(function()
-    local found, why = harness.find()
-    assert(found, why)
-    sb = sandbox.start{ port = 0 }
-    ng = harness.start_example{ KAIFANG_LINGDIAN_URL = sb.url, KAIFANG_DAKASHI_ALLOW = "127.0.0.1" }
-  end)
+    setup(function()
+      local found, why = harness.find()
+      assert(found, why)
+      sb = sandbox.start{ port = 0 }
+      ng = harness.start_example({ KAIFANG_LINGDIAN_URL = sb.url, KAIFANG_DAKASHI_ALLOW = "127.0.0.1" }, { private = private })
+    end)
 
-  teardown(function()
-    if ng then ng:stop() end
-    if sb then sb:stop() end
-  end)
+    teardown(function()
+      if ng then ng:stop() end
+      if sb then sb:stop() end
+    end)
 
-  it("takes a notice and sends it; reports a user WeChat cannot reach", function()
-    local status, body, _, out = ng:request("POST", "/notify", "tel=13311112222&content=" .. pct("取件码 6-2-3001"), FORM)
-    assert.are.equal(200, status, body)
-    assert.is_true(out.sent, body)
-    local msgs = assert(sb:records("lingdian", "messages"))
-    assert.are.equal("取件码 6-2-3001", msgs[#msgs].params.content)
-    status, body, _, out = ng:request("POST", "/notify", cjson.encode{ tel = "13311114444", content = "x" },
-      { ["Content-Type"] = "application/json" })
-    assert.are.equal(200, status, body)
-    assert.is_false(out.sent)
-    assert.is_true(out.unreachable)
-    assert.are.equal(400, (ng:request("POST", "/notify", "content=x", FORM)))
-  end)
+    if private then
+      it("runs its workers as a user that cannot enter the folder (what the rest of this block is about)", function()
+        local p = assert(io.popen("stat -c %a " .. q(ng.remove)))
+        local mode = p:read("*l")
+        p:close()
+        local workers = ng:workers()
+        assert.are.equal("700", mode)
+        assert.is_true(#workers > 0, "no nginx workers")
+        for _, pid in ipairs(workers) do
+          local status = assert(io.open("/proc/" .. pid .. "/status")):read("*a")
+          assert.are_not.equal("0", status:match("\nUid:%s+(%d+)"), "worker " .. pid .. " runs as root")
+        end
+      end)
+    end
 
-  it("answers the platforms' callbacks", function()
-    local _, text = ng:request("POST", "/dakashi/callback", cjson.encode{ action_type = 1, serial_no = "87000001" },
-      { ["Content-Type"] = "application/json" })
-    assert.are.equal('{"errcode":0,"errmsg":"success"}', text)
-    local p = { appid = "930859529955", method = "cabinet.order.sync", biz_content = '{"ReceiptNo":"OD1"}',
-                timestamp = tostring(os.time()), sign_type = "md5", version = "1.0.0" }
-    p.sign = yopoint_sign(p, "example-app-secret")
-    assert.are.equal("success", select(2, ng:request("POST", "/yopoint/notify", form(p), FORM)))
-    p.biz_content = '{"ReceiptNo":"OD2"}'
-    assert.are.equal("fail", select(2, ng:request("POST", "/yopoint/notify", form(p), FORM)))
-    local r = { receipt_no = "OD1", return_url = "https://h5.example/", notify_url = "https://api.yopoint.com/n",
-                timestamp = tostring(os.time()) }
-    r.sign = yopoint_sign(r, "example-sign-key")
-    local status, page = ng:get("/yopoint/pay?" .. form(r))
-    assert.are.equal(200, status)
-    assert.matches("Pay for order OD1", page)
-    local l = { developer_code = "U2QHNB2w=", tel = "13311112222", type = "1", timestamp = tostring(os.time()) }
-    l.sign = lingdian_sign(l, "744ed968e7e1a4aebafa6f4888fced68")
-    assert.are.equal(100, cjson.decode((select(2, ng:request("POST", "/lingdian/callback", form(l), FORM)))).code)
+    it("takes a notice and sends it; reports a user WeChat cannot reach", function()
+      local status, body, _, out = ng:request("POST", "/notify", "tel=13311112222&content=" .. pct("取件码 6-2-3001"), FORM)
+      assert.are.equal(200, status, body)
+      assert.is_true(out.sent, body)
+      local msgs = assert(sb:records("lingdian", "messages"))
+      assert.are.equal("取件码 6-2-3001", msgs[#msgs].params.content)
+      status, body, _, out = ng:request("POST", "/notify", cjson.encode{ tel = "13311114444", content = "x" },
+        { ["Content-Type"] = "application/json" })
+      assert.are.equal(200, status, body)
+      assert.is_false(out.sent)
+      assert.is_true(out.unreachable)
+      assert.are.equal(400, (ng:request("POST", "/notify", "content=x", FORM)))
+    end)
+
+    it("answers the platforms' callbacks", function()
+      local _, text = ng:request("POST", "/dakashi/callback", cjson.encode{ action_type = 1, serial_no = "87000001" },
+        { ["Content-Type"] = "application/json" })
+      assert.are.equal('{"errcode":0,"errmsg":"success"}', text)
+      local p = { appid = "930859529955", method = "cabinet.order.sync", biz_content = '{"ReceiptNo":"OD1"}',
+                  timestamp = tostring(os.time()), sign_type = "md5", version = "1.0.0" }
+      p.sign = yopoint_sign(p, "example-app-secret")
+      assert.are.equal("success", select(2, ng:request("POST", "/yopoint/notify", form(p), FORM)))
+      p.biz_content = '{"ReceiptNo":"OD2"}'
+      assert.are.equal("fail", select(2, ng:request("POST", "/yopoint/notify", form(p), FORM)))
+      local r = { receipt_no = "OD1", return_url = "https://h5.example/", notify_url = "https://api.yopoint.com/n",
+                  timestamp = tostring(os.time()) }
+      r.sign = yopoint_sign(r, "example-sign-key")
+      local status, page = ng:get("/yopoint/pay?" .. form(r))
+      assert.are.equal(200, status)
+      assert.matches("Pay for order OD1", page)
+      local l = { developer_code = "U2QHNB2w=", tel = "13311112222", type = "1", timestamp = tostring(os.time()) }
+      l.sign = lingdian_sign(l, "744ed968e7e1a4aebafa6f4888fced68")
+      assert.are.equal(100, cjson.decode((select(2, ng:request("POST", "/lingdian/callback", form(l), FORM)))).code)
+    end)
+
+    it("holds each code directory once across reloads, and serves after them", function()
+      local function lines(cmd)
+        local p = assert(io.popen(cmd))
+        local out = {}
+        for l in p:lines() do out[#out + 1] = l end
+        p:close()
+        table.sort(out)
+        return out
+      end
+      local master = math.floor(ng.pid)
+      local function dirs() return lines("for f in /proc/" .. master .. "/fd/*; do [ -d \"$f\" ] && readlink \"$f\"; done") end
+      local before = dirs()
+      assert.matches("/lua\n", table.concat(before, "\n") .. "\n") -- the code's directory is held
+      for _ = 1, 2 do
+        local old = {}
+        for _, pid in ipairs(ng:workers()) do old[pid] = true end
+        assert(os.execute("kill -HUP " .. master))
+        wait_for("the reloaded workers", 15, function()
+          local now = ng:workers()
+          for _, pid in ipairs(now) do if old[pid] then return false end end
+          return #now > 0
+        end)
+      end
+      assert.are.same(before, dirs())
+      local status, body, _, out = ng:request("POST", "/notify", "tel=13311112222&content=x", FORM)
+      assert.are.equal(200, status, body)
+      assert.is_true(out.sent, body)
+    end)
+
+    it("leaves no Lua error in the log", function()
+      for line in ng:log():gmatch("[^\n]*%[error%][^\n]*") do
+        assert.is_nil(line:find("lua", 1, true) or line:find("kaifang%.%a"), line)
+      end
+    end)
   end)
-end)
+end
+
+example("examples/openresty as written", false)
+example("examples/openresty from a private folder, nginx started as root", true)

@@ -19,6 +19,26 @@ describe("kaifang-scm-1.rockspec", function()
     assert.is_true(count > 10)
   end)
 
+  it("depends on the rocks the kaifang command needs", function()
+    local f = assert(io.open(spec.build.install.bin.kaifang))
+    local script = f:read("*a")
+    f:close()
+    assert.is_truthy(script:find('require "argparse"', 1, true) or script:find('require("argparse")', 1, true),
+      "bin/kaifang no longer uses argparse: update this spec")
+    local deps = {}
+    for _, d in ipairs(spec.dependencies) do deps[d:match("^%S+")] = true end
+    assert.is_true(deps.argparse, "argparse is missing from the dependencies")
+    assert.is_true(deps["lua-cjson"], "lua-cjson is missing from the dependencies")
+  end)
+
+  it("ships the license it names", function()
+    local f = assert(io.open("LICENSE"), "no LICENSE file")
+    local text = f:read("*a")
+    f:close()
+    assert.are.equal("MIT", spec.description.license)
+    assert.matches("^MIT License", text)
+  end)
+
   it("builds both C modules from files that exist", function()
     for _, name in ipairs({ "kaifang.core", "kaifang.sandbox.httpd" }) do
       local m = spec.build.modules[name]

@@ -7,8 +7,7 @@ local sandbox = require "kaifang.sandbox"
 
 local CODE, KEY = "U2QHNB2w=", "744ed968e7e1a4aebafa6f4888fced68"
 local vectors = (function()
-  local f = io.open("/work/shared/vectors/seed-vectors.json")
-  if not f then return nil end
+  local f = assert(io.open("spec/vectors/seed-vectors.json", "rb"))
   local v = cjson.decode(f:read("*a"))
   f:close()
   return v
@@ -268,7 +267,6 @@ describe("kaifang.sandbox", function()
     end
 
     it("accepts the document's signatures (corrected vectors) when the clock is set aside", function()
-      if not vectors then pending("no vector file") return end
       sb:configure({ lingdian = { window = 1e13 } })
       local paths = { ["lingdian-A-sendWeChatMessage"] = A, ["lingdian-B-getUserTelByCode"] = B, ["lingdian-C-outerEntryOrder"] = C, ["lingdian-D-userCardRemind"] = D }
       local got = {}

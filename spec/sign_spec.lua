@@ -1,4 +1,4 @@
--- The signing schemes, pinned by the documents' worked examples (../shared/vectors) and by
+-- The signing schemes, pinned by the documents' worked examples (spec/vectors) and by
 -- independent computations: the string-to-sign is built here by hand (own byte-order sort and
 -- concatenation), the digests come from the md5sum / sha1sum / sha256sum / openssl CLIs.
 local cjson = require "cjson"
@@ -84,7 +84,7 @@ end
 
 -- ---- the vectors ----------------------------------------------------------------------------
 
-local VECTORS_PATH = "../shared/vectors/seed-vectors.json"
+local VECTORS_PATH = "spec/vectors/seed-vectors.json"
 
 local function load_vectors()
   local f, err = io.open(VECTORS_PATH, "rb")

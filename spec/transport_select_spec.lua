@@ -154,10 +154,21 @@ describe("kaifang.transport.ngx_thread", function()
   end)
 
   it("names the missing thread pool and the directive that makes it", function()
-    with_ngx(fake_ngx("content", "thread pool kaifang not found"), function()
+    with_ngx(fake_ngx("content", "thread_pool not found"), function() -- lua-nginx-module's words
       local ok, err = pcall(ngx_thread.new{}.request, ngx_thread.new{}, { method = "GET", url = url })
       assert.is_false(ok)
       assert.matches("thread_pool kaifang threads=32;", err, 1, true)
+    end)
+  end)
+
+  it("says why a thread VM cannot load kaifang, and what to do", function()
+    local why = "module 'kaifang.transport.ngx_thread' not found:\n\tno field package.preload['kaifang.transport.ngx_thread']"
+    with_ngx(fake_ngx("content", why), function()
+      local ok, err = pcall(ngx_thread.new{}.request, ngx_thread.new{}, { method = "GET", url = url })
+      assert.is_false(ok)
+      assert.matches("thread VM cannot load kaifang: module 'kaifang.transport.ngx_thread' not found", err, 1, true)
+      assert.matches('require("kaifang.ngx").init() in init_by_lua', err, 1, true)
+      assert.is_nil(err:find("package.preload", 1, true), err) -- the first line of the search list only
     end)
   end)
 

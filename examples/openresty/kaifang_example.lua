@@ -12,9 +12,13 @@ local function env(name, default)
 end
 
 local conf
+local clients = {}
 
--- In the master, while nginx reads its configuration: the settings (nginx passes only the
--- variables named by `env` directives).
+-- In the master, while nginx reads its configuration (after kaifang.ngx.init()): the settings
+-- (nginx passes only the variables named by `env` directives) and one client per platform, which
+-- every worker inherits. Inside nginx a client's default transport is
+-- kaifang.transport.ngx_thread: its calls run in the `kaifang` thread pool and the request waits
+-- without blocking the worker.
 function M.init()
   conf = {
     lingdian = {
@@ -31,22 +35,12 @@ function M.init()
     },
     dakashi_allow = env("KAIFANG_DAKASHI_ALLOW"), -- comma-separated addresses; unset: any
   }
+  clients.lingdian = kaifang.lingdian.new(conf.lingdian)
+  clients.yopoint = kaifang.yopoint.new(conf.yopoint)
 end
 
--- One client per platform per worker, made on first use. Inside nginx the client's default
--- transport is kaifang.transport.ngx_thread: the call runs in the `kaifang` thread pool and this
--- request waits without blocking the worker.
-local clients = {}
-
-local function lingdian()
-  clients.lingdian = clients.lingdian or kaifang.lingdian.new(conf.lingdian)
-  return clients.lingdian
-end
-
-local function yopoint()
-  clients.yopoint = clients.yopoint or kaifang.yopoint.new(conf.yopoint)
-  return clients.yopoint
-end
+local function lingdian() return clients.lingdian end
+local function yopoint() return clients.yopoint end
 
 local function reply(status, value)
   ngx.status = status

@@ -27,10 +27,58 @@
 --
 -- The pure part, M.process(kind, client, request, fn, opts) -> response, needs no nginx: the specs
 -- drive it directly, and the nginx handlers only read the request and write the response.
+--
+-- Start-up: call M.init() from init_by_lua* (below), and make your clients there too.
 local core = require "kaifang.core"
 local errors = require "kaifang.errors"
 
 local M = {}
+
+---------------------------------------------------------------------------- init_by_lua
+-- nginx started as root reads its configuration as root, but its workers run as another user
+-- (nobody, www-data), and so do the Lua VMs of its thread pool, which lua-nginx-module makes in
+-- the worker and which load kaifang.transport.ngx_thread from disk with the worker's
+-- package.path and package.cpath. A checkout in a folder that user cannot enter (a private home
+-- directory, a mktemp -d clone) then fails with "module 'kaifang.…' not found".
+--
+--   init_by_lua_block { require("kaifang.ngx").init() }
+--
+-- loads every module a worker may need in the master (the workers inherit them: OpenResty's
+-- advice for sharing code between workers), and, on Linux, holds each absolute directory of
+-- package.path and package.cpath open and names it /proc/self/fd/<n>/ in both paths: the workers
+-- inherit the descriptor, and a path through it does not check the private folders above the
+-- code. Relative entries (./?.lua) stay as they are; the code's own files must still be readable
+-- by the worker's user. A reload holds no new descriptor for a directory already held.
+
+-- What a worker or a worker thread's VM may load (not the sandbox).
+M.modules = {
+  "kaifang", "kaifang.core", "kaifang.errors", "kaifang.sign", "kaifang.client", "kaifang.batch",
+  "kaifang.lingdian", "kaifang.zafu", "kaifang.yopoint", "kaifang.dakashi",
+  "kaifang.store", "kaifang.store.ngx_shared",
+  "kaifang.transport", "kaifang.transport.curl", "kaifang.transport.ngx_thread", "kaifang.transport.resty_http",
+  "kaifang.ngx", "cjson", "cjson.safe",
+}
+
+-- A search path with each absolute directory before the "?" held open: "/a/lua/?.lua" ->
+-- "/proc/self/fd/7/?.lua". Directories that cannot be held (missing, not Linux) stay as they are.
+function M.pin_path(path)
+  local out = {}
+  for entry in path:gmatch("[^;]+") do
+    local dir, rest = entry:match("^(/[^?]*)/([^/]*%?.*)$")
+    local fd = dir and core.pin_dir(dir)
+    out[#out + 1] = fd and ("/proc/self/fd/" .. fd .. "/" .. rest) or entry
+  end
+  return table.concat(out, ";")
+end
+
+function M.init()
+  if require("kaifang.transport").phase() ~= "init" then
+    error("kaifang.ngx.init: call it from init_by_lua* (while nginx reads its configuration)", 2)
+  end
+  for _, name in ipairs(M.modules) do require(name) end
+  package.path = M.pin_path(package.path)
+  package.cpath = M.pin_path(package.cpath)
+end
 
 ---------------------------------------------------------------------------- replies
 -- What each platform expects back. Yopoint's answer to its notices is not documented: "success",

@@ -41,9 +41,7 @@ function M.client(platform, transport)
 end
 
 function M.init()
-  -- the modules the handlers use, loaded once in the master (the workers inherit them)
-  require "kaifang.lingdian"
-  require "kaifang.transport.ngx_thread"
+  kngx.init() -- kaifang loaded once in the master (the workers inherit it), its paths held open
 end
 
 function M.init_worker()

@@ -139,14 +139,23 @@ end
 -- examples/openresty as written, in a copy beside links to lua/ and build/ (so that its
 -- $prefix/../../lua still finds them) whose only change is the port it listens on.
 -- env: { NAME = value } for the process (the example reads KAIFANG_* through `env` directives).
-function M.start_example(env)
+-- opts.private: a private clone instead, as `git clone` into a `mktemp -d` folder (mode 0700)
+-- gives: lua/ and build/luajit copied into a folder that only its owner may enter.
+function M.start_example(env, opts)
   local nginx, why = M.find()
   if not nginx then error(why, 2) end
+  local private = opts and opts.private
   local _, root = sh("mktemp -d /tmp/kaifang-nginx.XXXXXX")
   root = root:gsub("%s+$", "")
-  assert(sh("chmod 755 " .. q(root)))
-  assert(sh("ln -s " .. q(M.ROOT .. "/lua") .. " " .. q(root .. "/lua") .. " && ln -s " .. q(M.ROOT .. "/build") .. " "
-    .. q(root .. "/build") .. " && mkdir -p " .. q(root .. "/examples") .. " && cp -r " .. q(M.ROOT .. "/examples/openresty")
+  local code
+  if private then
+    code = "chmod 700 " .. q(root) .. " && mkdir -p " .. q(root .. "/build") .. " && cp -r " .. q(M.ROOT .. "/lua") .. " "
+      .. q(root .. "/lua") .. " && cp -r " .. q(M.ROOT .. "/build/luajit") .. " " .. q(root .. "/build/luajit")
+  else
+    code = "chmod 755 " .. q(root) .. " && ln -s " .. q(M.ROOT .. "/lua") .. " " .. q(root .. "/lua") .. " && ln -s "
+      .. q(M.ROOT .. "/build") .. " " .. q(root .. "/build")
+  end
+  assert(sh(code .. " && mkdir -p " .. q(root .. "/examples") .. " && cp -r " .. q(M.ROOT .. "/examples/openresty")
     .. " " .. q(root .. "/examples/") .. " && rm -rf " .. q(root .. "/examples/openresty/logs") .. " "
     .. q(root .. "/examples/openresty/tmp") .. " && mkdir -p " .. q(root .. "/examples/openresty/logs") .. " "
     .. q(root .. "/examples/openresty/tmp")))
@@ -211,15 +220,26 @@ end
 function Nginx:get(path) return self:request("GET", path) end
 
 
+-- The master's nginx children (its workers), from /proc: a minimal Debian has no pgrep.
+function Nginx:workers()
+  local out = {}
+  local p = io.popen("cat /proc/[0-9]*/stat 2>/dev/null")
+  for line in p:lines() do
+    local pid, comm, ppid = line:match("^(%d+) %((.*)%) %a (%d+)")
+    if comm == "nginx" and tonumber(ppid) == self.pid then out[#out + 1] = tonumber(pid) end
+  end
+  p:close()
+  table.sort(out)
+  return out
+end
+
 -- Stops nginx (TERM to the master: the workers end with it), reaps it, removes the prefix.
 function Nginx:stop()
   if self.stopped then return end
   self.stopped = true
   local pid = self.pid
   if pid then
-    local _, out = sh("pgrep -P " .. math.floor(pid))
-    local workers = {}
-    for w in out:gmatch("%d+") do workers[#workers + 1] = tonumber(w) end
+    local workers = self:workers()
     sh("kill -TERM " .. math.floor(pid))
     local deadline = core.monotonic() + 5
     while alive(pid) and core.monotonic() < deadline do core.sleep(0.05) end

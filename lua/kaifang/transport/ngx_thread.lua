@@ -112,10 +112,16 @@ function Transport:request(req)
     return nil, errors.new{ kind = "transport", message = "nginx thread pool '" .. self.pool .. "': " .. msg,
                             retryable = true, maybe_sent = false }
   end
-  if msg:find("thread pool .* not found") then
+  if msg:find("thread[ _]pool.* not found") then
     error(("kaifang.transport.ngx_thread: nginx has no thread pool '%s'; add `thread_pool %s threads=32;` to the "
       .. "main context of nginx.conf (outside http {}), or name another pool with the 'thread_pool' option")
       :format(self.pool, self.pool), 2)
+  end
+  if msg:find("module '[^']+' not found") or msg:find("error loading module", 1, true) then
+    -- the thread VM loads this module from disk, in the worker, as nginx's worker user
+    error("kaifang.transport.ngx_thread: nginx's thread VM cannot load kaifang: " .. msg:match("^[^\n]*"):gsub(":$", "")
+      .. " (it loads it with the worker's package.path and package.cpath, as nginx's worker user; call "
+      .. "require(\"kaifang.ngx\").init() in init_by_lua*, or make the code readable by that user)", 2)
   end
   error("kaifang.transport.ngx_thread: ngx.run_worker_thread failed: " .. msg
     .. " (the thread VM loads kaifang with lua_package_path and lua_package_cpath)", 2)
