@@ -228,6 +228,25 @@ function M.demo_rows(demo)
   return rows
 end
 
+-- The KAIFANG_* variables that point `call`, `repl` and scripts at a running sandbox, per
+-- platform in order: { { name, value }, ... } lists.
+function M.demo_env(url, demo)
+  local out = {}
+  for i, d in ipairs(demo) do
+    local vars = { { config.url_var(d.platform), url .. "/" .. d.platform } }
+    for _, o in ipairs(config.SPEC[d.platform].options) do
+      if d.account[o[1]] then vars[#vars + 1] = { o[2], d.account[o[1]] } end
+    end
+    out[i] = vars
+  end
+  return out
+end
+
+local function shell_word(s)
+  if s:match("^[%w%-_./:=@]+$") then return s end
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
 local function cmd_sandbox(args)
   local sandbox = require "kaifang.sandbox"
   local settings
@@ -243,12 +262,25 @@ local function cmd_sandbox(args)
   if not ok then usage(plain(err)) end
   local function announce(url)
     local demo = sandbox.demo()
+    local env = M.demo_env(url, demo)
     if args.json then
-      io.stdout:write(format.json({ url = url, platforms = demo }, true), "\n")
+      local vars = {}
+      for _, list in ipairs(env) do
+        for _, v in ipairs(list) do vars[v[1]] = v[2] end
+      end
+      io.stdout:write(format.json({ url = url, platforms = demo, env = vars }, true), "\n")
     else
+      local exports = {}
+      for i, list in ipairs(env) do
+        local words = {}
+        for j, v in ipairs(list) do words[j] = v[1] .. "=" .. shell_word(v[2]) end
+        exports[i] = "export " .. table.concat(words, " ")
+      end
       io.stdout:write(sandbox.BANNER, url, "\n\n", format.columns(M.demo_rows(demo)), "\n\n",
         "Point a client's base_url at ", url, " (or ", url, "/<platform>). ",
-        "Stop it with Ctrl-C or POST ", url, "/_sandbox/shutdown.\n")
+        "Stop it with Ctrl-C or POST ", url, "/_sandbox/shutdown.\n",
+        "For kaifang call, kaifang repl and the README's examples, in another shell:\n",
+        table.concat(exports, "\n"), "\n")
     end
     io.stdout:flush()
   end
