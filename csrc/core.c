@@ -693,25 +693,21 @@ static int l_multi_counts(lua_State *L) {
 /* ---- pinned directories (kaifang.ngx.init) ----------------------------------------------- */
 /* nginx's master (root) opens the package path's directories; its workers (another user) inherit
  * the descriptors and reach the code through /proc/self/fd/N/, which does not check the
- * directory's ancestors, so a checkout in a private folder still loads. One descriptor per
- * directory per process, shared by the Lua states that pinned it and closed with the last of
- * them: a reload (a new VM in the master) reuses it, and one that the new configuration no longer
- * names closes with the old VM, which nginx drops only once the reload has succeeded. Only for
- * nginx's init phase, which is single-threaded: there is no lock. */
+ * directory's ancestors, so a checkout in a private folder still loads. The descriptors belong to
+ * the Lua state that pinned them and close with it: after a reload, nginx closes the old
+ * configuration's VM, and its descriptors, once it drops that configuration. */
 
 #ifdef __linux__
 #define MAX_PINS 64
 #define PINS_KEY "kaifang.core.pins" /* this state's set, in the registry */
-static struct { dev_t dev; ino_t ino; int fd; int users; } pins[MAX_PINS];
-typedef struct { unsigned char held[MAX_PINS]; } pinset;
+typedef struct {
+  int n;
+  struct { dev_t dev; ino_t ino; int fd; } dirs[MAX_PINS];
+} pinset;
 
 static int pinset_gc(lua_State *L) {
   pinset *set = lua_touserdata(L, 1);
-  int i;
-  for (i = 0; i < MAX_PINS; i++) {
-    if (set->held[i] && --pins[i].users == 0) close(pins[i].fd);
-    set->held[i] = 0;
-  }
+  while (set->n > 0) close(set->dirs[--set->n].fd);
   return 0;
 }
 
@@ -722,7 +718,7 @@ static pinset *pinset_of(lua_State *L) {
   lua_pop(L, 1);
   if (set) return set;
   set = kf_newuserdata(L, sizeof *set);
-  memset(set, 0, sizeof *set);
+  set->n = 0;
   lua_newtable(L);
   lua_pushcfunction(L, pinset_gc);
   lua_setfield(L, -2, "__gc");
@@ -732,30 +728,26 @@ static pinset *pinset_of(lua_State *L) {
 }
 #endif
 
-/* core.pin_dir(path) -> fd | nil, err: the directory held open for as long as this state lives. */
+/* core.pin_dir(path) -> fd | nil, err: the directory held open for as long as this state lives;
+ * the same directory (by device and inode) is held once. */
 static int l_pin_dir(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
 #ifdef __linux__
   struct stat st;
   pinset *set = pinset_of(L);
-  int i, slot = -1, fd;
+  int i, fd;
   if (stat(path, &st) != 0) goto fail;
   if (!S_ISDIR(st.st_mode)) {
     errno = ENOTDIR;
     goto fail;
   }
-  for (i = 0; i < MAX_PINS; i++) {
-    if (pins[i].users > 0 && pins[i].dev == st.st_dev && pins[i].ino == st.st_ino) {
-      if (!set->held[i]) {
-        set->held[i] = 1;
-        pins[i].users++;
-      }
-      lua_pushinteger(L, pins[i].fd);
+  for (i = 0; i < set->n; i++) {
+    if (set->dirs[i].dev == st.st_dev && set->dirs[i].ino == st.st_ino) {
+      lua_pushinteger(L, set->dirs[i].fd);
       return 1;
     }
-    if (pins[i].users == 0 && slot < 0) slot = i;
   }
-  if (slot < 0) {
+  if (set->n == MAX_PINS) {
     errno = EMFILE;
     goto fail;
   }
@@ -764,11 +756,10 @@ static int l_pin_dir(lua_State *L) {
     if (fd >= 0) close(fd);
     goto fail;
   }
-  pins[slot].dev = st.st_dev;
-  pins[slot].ino = st.st_ino;
-  pins[slot].fd = fd;
-  pins[slot].users = 1;
-  set->held[slot] = 1;
+  set->dirs[set->n].dev = st.st_dev;
+  set->dirs[set->n].ino = st.st_ino;
+  set->dirs[set->n].fd = fd;
+  set->n++;
   lua_pushinteger(L, fd);
   return 1;
 fail:

@@ -131,6 +131,11 @@ describe("options are checked", function()
     c:close()
   end)
 
+  it("an unknown batch option raises at the caller's line", function()
+    local err = raises_at_line(function() here(); kaifang.batch({}, { concurency = 8 }) end)
+    assert.matches("kaifang%.batch: unknown option 'concurency' %(did you mean 'concurrency'%?%)", err)
+  end)
+
   it("a batch reports a bad per-call option as kind argument for that call", function()
     local c = kaifang.lingdian.new(options("lingdian", "http://127.0.0.1:1"))
     local got

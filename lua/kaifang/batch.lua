@@ -124,12 +124,21 @@ local function progress_line(s, total, started)
     bar, done, total and ("/" .. total) or "", s.ok, s.failed, s.maybe_sent, rate))
 end
 
+local OPTIONS = {
+  concurrency = true, rate = true, max_attempts = true, backoff_base = true, backoff_cap = true,
+  on_result = true, progress = true, total = true, on_request = true, on_response = true,
+  connect_timeout = true, ssl_verify = true, cainfo = true, capath = true, proxy = true, user_agent = true,
+}
+
 function M.run(calls, opts)
   -- one libcurl event loop that waits in C: fine in a script, a timer or a thread, never in a
   -- request handler of nginx
   require("kaifang.transport").assert_may_block("kaifang.batch", 2)
   opts = opts or {}
   if type(opts) ~= "table" then error("kaifang.batch: opts must be a table", 2) end
+  for k in pairs(opts) do
+    if not OPTIONS[k] then error("kaifang.batch: " .. client.unknown("option", k, OPTIONS), 2) end
+  end
   local concurrency = opts.concurrency or 32
   if type(concurrency) ~= "number" or concurrency < 1 then error("kaifang.batch: concurrency must be >= 1", 2) end
   if opts.rate ~= nil and (type(opts.rate) ~= "number" or opts.rate <= 0) then

@@ -48,7 +48,8 @@ local M = {}
 -- package.path and package.cpath open and names it /proc/self/fd/<n>/ in both paths: the workers
 -- inherit the descriptor, and a path through it does not check the private folders above the
 -- code. Relative entries (./?.lua) stay as they are; the code's own files must still be readable
--- by the worker's user. A reload holds no new descriptor for a directory already held.
+-- by the worker's user. The descriptors close with the Lua VM that holds them: after a reload,
+-- when nginx drops the old configuration.
 
 -- What a worker or a worker thread's VM may load (not the sandbox).
 M.modules = {
