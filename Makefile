@@ -80,8 +80,10 @@ rock:
 	  >build/rock.log 2>&1 || { cat build/rock.log; exit 1; }
 	@cd / && unset LUA_PATH LUA_CPATH && eval "$$(luarocks --lua-version=5.4 --tree=$(ROCK_TREE) path)" \
 	  && kaifang --help >/dev/null \
+	  && kaifang call --sandbox lingdian get_user_tel_by_code user_code=U2TD844B2 | grep -q '"data": "13311112222"' \
+	  && echo '=ld:get_user_tel_by_code{ user_code = "U2TD844B2" }.data' | kaifang repl --sandbox | grep -q 13311112222 \
 	  && $(LUA) -e '$(ROCK_CHECK)'
-	@echo "luarocks make: ok (build/rocks; its kaifang command and modules load from /)"
+	@echo "luarocks make: ok (build/rocks; from /, its kaifang --help, call --sandbox and repl --sandbox work and its modules load)"
 
 # deps first, then the rest in a second make (see the top).
 test: deps
