@@ -4,8 +4,8 @@
 --   KAIFANG_YOPOINT_URL=http://127.0.0.1:8080 KAIFANG_LINGDIAN_URL=http://127.0.0.1:8080 \
 --     lua5.4 examples/cabinet_delivery.lua
 --
--- Credentials come from YOPOINT_APPID / YOPOINT_APP_SECRET and LINGDIAN_DEVELOPER_CODE /
--- LINGDIAN_DEVELOPER_KEY (the sandbox's demo credentials by default). CABINET_POLL_ROUNDS (2)
+-- Credentials come from KAIFANG_YOPOINT_APPID / KAIFANG_YOPOINT_SECRET and KAIFANG_LINGDIAN_CODE /
+-- KAIFANG_LINGDIAN_KEY (the sandbox's demo credentials by default). CABINET_POLL_ROUNDS (2)
 -- and CABINET_POLL_INTERVAL (1 s) set how often it polls; CABINET_DELIVERY_STATE the state file.
 --
 -- "Never twice": every order is written to the state file *before* it is sent, and marked done
@@ -16,13 +16,13 @@
 local kaifang = require "kaifang"
 
 local yp = kaifang.yopoint.new{
-  appid = os.getenv("YOPOINT_APPID") or "930859529955",
-  app_secret = os.getenv("YOPOINT_APP_SECRET") or "5d0f3c8e2a7b4f19c6e1a0b9d8f7e6c5",
+  appid = os.getenv("KAIFANG_YOPOINT_APPID") or "930859529955",
+  app_secret = os.getenv("KAIFANG_YOPOINT_SECRET") or "5d0f3c8e2a7b4f19c6e1a0b9d8f7e6c5",
   base_url = os.getenv("KAIFANG_YOPOINT_URL") or "http://127.0.0.1:8080",
 }
 local ld = kaifang.lingdian.new{
-  developer_code = os.getenv("LINGDIAN_DEVELOPER_CODE") or "U2QHNB2w=",
-  developer_key = os.getenv("LINGDIAN_DEVELOPER_KEY") or "744ed968e7e1a4aebafa6f4888fced68",
+  developer_code = os.getenv("KAIFANG_LINGDIAN_CODE") or "U2QHNB2w=",
+  developer_key = os.getenv("KAIFANG_LINGDIAN_KEY") or "744ed968e7e1a4aebafa6f4888fced68",
   base_url = os.getenv("KAIFANG_LINGDIAN_URL") or "http://127.0.0.1:8080",
 }
 

@@ -4,19 +4,19 @@
 --   KAIFANG_DAKASHI_URL=http://127.0.0.1:8080 KAIFANG_LINGDIAN_URL=http://127.0.0.1:8080 \
 --     lua5.4 examples/card_reminders.lua
 --
--- Credentials come from DAKASHI_CLIENT_ID / DAKASHI_CLIENT_SECRET and LINGDIAN_DEVELOPER_CODE /
--- LINGDIAN_DEVELOPER_KEY (the sandbox's demo credentials by default). CARD_USAGE_THRESHOLD
+-- Credentials come from KAIFANG_DAKASHI_CLIENT_ID / KAIFANG_DAKASHI_CLIENT_SECRET and KAIFANG_LINGDIAN_CODE /
+-- KAIFANG_LINGDIAN_KEY (the sandbox's demo credentials by default). CARD_USAGE_THRESHOLD
 -- (0.8) and CARD_EXPIRY_DAYS (7) set when a card needs a reminder.
 local kaifang = require "kaifang"
 
 local dk = kaifang.dakashi.new{
-  client_id = os.getenv("DAKASHI_CLIENT_ID") or "iotacc108b7305fhzljeux0",
-  client_secret = os.getenv("DAKASHI_CLIENT_SECRET") or "4c1e7b9a2d5f8e3b6a0c9d2f5e8b1a47",
+  client_id = os.getenv("KAIFANG_DAKASHI_CLIENT_ID") or "iotacc108b7305fhzljeux0",
+  client_secret = os.getenv("KAIFANG_DAKASHI_CLIENT_SECRET") or "4c1e7b9a2d5f8e3b6a0c9d2f5e8b1a47",
   base_url = os.getenv("KAIFANG_DAKASHI_URL") or "http://127.0.0.1:8080",
 }
 local ld = kaifang.lingdian.new{
-  developer_code = os.getenv("LINGDIAN_DEVELOPER_CODE") or "U2QHNB2w=",
-  developer_key = os.getenv("LINGDIAN_DEVELOPER_KEY") or "744ed968e7e1a4aebafa6f4888fced68",
+  developer_code = os.getenv("KAIFANG_LINGDIAN_CODE") or "U2QHNB2w=",
+  developer_key = os.getenv("KAIFANG_LINGDIAN_KEY") or "744ed968e7e1a4aebafa6f4888fced68",
   base_url = os.getenv("KAIFANG_LINGDIAN_URL") or "http://127.0.0.1:8080",
 }
 

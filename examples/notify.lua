@@ -2,13 +2,13 @@
 -- user on WeChat, say so: that notice has to go by another channel (SMS), as the document advises.
 --
 --   KAIFANG_LINGDIAN_URL=http://127.0.0.1:8080 lua5.4 examples/notify.lua
--- Credentials come from LINGDIAN_DEVELOPER_CODE / LINGDIAN_DEVELOPER_KEY (the sandbox's demo
+-- Credentials come from KAIFANG_LINGDIAN_CODE / KAIFANG_LINGDIAN_KEY (the sandbox's demo
 -- credentials by default).
 local kaifang = require "kaifang"
 
 local ld = kaifang.lingdian.new{
-  developer_code = os.getenv("LINGDIAN_DEVELOPER_CODE") or "U2QHNB2w=",
-  developer_key = os.getenv("LINGDIAN_DEVELOPER_KEY") or "744ed968e7e1a4aebafa6f4888fced68",
+  developer_code = os.getenv("KAIFANG_LINGDIAN_CODE") or "U2QHNB2w=",
+  developer_key = os.getenv("KAIFANG_LINGDIAN_KEY") or "744ed968e7e1a4aebafa6f4888fced68",
   base_url = os.getenv("KAIFANG_LINGDIAN_URL") or "http://127.0.0.1:8080",
 }
 
