@@ -311,7 +311,9 @@ describe("kaifang (command line)", function()
     it("a bad --config, bad JSON or a port in use: one line, no traceback", function()
       one_line_error(kaifang([[sandbox --port 0 --config '{"lingdian":{"rat":5}}']]), 2, "unknown lingdian setting 'rat'")
       one_line_error(kaifang([[sandbox --port 0 --config '{"lingdian":']]), 2, "%-%-config must be a JSON object")
-      one_line_error(kaifang("sandbox --port " .. sb.url:match(":(%d+)$")), 1, "cannot listen on 127%.0%.0%.1")
+      local port = sb.url:match(":(%d+)$")
+      one_line_error(kaifang("sandbox --port " .. port), 1,
+        "cannot listen on 127%.0%.0%.1:" .. port .. ": Failed to bind to port " .. port .. ": Address already in use")
     end)
   end)
 
