@@ -1,6 +1,7 @@
 /* kaifang.core: the Lua binding of the signer, the crypto helpers and the libcurl transport. */
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,7 @@
 #define HTTP_MT "kaifang.http"
 #define MULTI_MT "kaifang.multi"
 #define MAX_STACK_PAIRS 32
+#define MAX_SECONDS 1e6 /* eleven days: any longer is a mistake, and it keeps the casts in range */
 
 /* ---- values as the platforms write them ------------------------------------------------ */
 
@@ -29,6 +31,8 @@ static const char *param_value(lua_State *L, int idx, const char *key, const cha
     case LUA_TSTRING:
       return lua_tolstring(L, idx, len);
     case LUA_TNUMBER:
+      if (!isfinite(lua_tonumber(L, idx)))
+        luaL_error(L, "%s: parameter '%s' must be a finite number, not %s", who, key, lua_tostring(L, idx));
       *len = kf_isinteger(L, idx, &iv) ? kf_format_integer(iv, num) : kf_format_float(lua_tonumber(L, idx), num);
       return num;
     case LUA_TLIGHTUSERDATA:
@@ -46,17 +50,30 @@ static const char *param_value(lua_State *L, int idx, const char *key, const cha
 /* ---- signer ---------------------------------------------------------------------------- */
 
 static kf_scheme *check_signer(lua_State *L) {
-  return luaL_checkudata(L, 1, SIGNER_MT);
+  kf_scheme *s = luaL_checkudata(L, 1, SIGNER_MT);
+  if (s->md == NULL) luaL_error(L, "kaifang.%s: signer is closed", s->name);
+  return s;
 }
 
 static int signer_gc(lua_State *L) {
-  kf_scheme_free(check_signer(L));
+  kf_scheme_free(luaL_checkudata(L, 1, SIGNER_MT));
   return 0;
 }
 
-static void copy_name(char *dst, const char *src, size_t cap, lua_State *L, const char *what) {
-  if (strlen(src) >= cap) luaL_error(L, "kaifang.core.signer: %s '%s' is too long", what, src);
-  strcpy(dst, src);
+/* A shared signer (kaifang.sign's, one per platform for every client) outlives any one user's
+ * scope: closing it would break every other client, so only its __gc frees it. */
+static int signer_close(lua_State *L) {
+  kf_scheme *s = luaL_checkudata(L, 1, SIGNER_MT);
+  if (!s->shared) kf_scheme_free(s);
+  return 0;
+}
+
+static void copy_name(lua_State *L, int idx, char *dst, size_t cap, const char *what) {
+  size_t len;
+  const char *src = luaL_checklstring(L, idx, &len);
+  if (memchr(src, '\0', len)) luaL_error(L, "kaifang.core.signer: %s contains a NUL byte", what);
+  if (len >= cap) luaL_error(L, "kaifang.core.signer: %s '%s' is too long", what, src);
+  memcpy(dst, src, len + 1);
 }
 
 static int l_signer(lua_State *L) {
@@ -71,7 +88,8 @@ static int l_signer(lua_State *L) {
   lua_setmetatable(L, -2);
 
   lua_getfield(L, 1, "name");
-  copy_name(s->name, luaL_optstring(L, -1, "kaifang"), sizeof s->name, L, "name");
+  if (lua_isnil(L, -1)) strcpy(s->name, "kaifang");
+  else copy_name(L, -1, s->name, sizeof s->name, "name");
   lua_getfield(L, 1, "digest");
   digest = luaL_optstring(L, -1, "md5");
   lua_getfield(L, 1, "joiner");
@@ -85,6 +103,8 @@ static int l_signer(lua_State *L) {
   s->hmac = lua_toboolean(L, -1);
   lua_getfield(L, 1, "upper");
   s->upper = lua_toboolean(L, -1);
+  lua_getfield(L, 1, "shared");
+  s->shared = lua_toboolean(L, -1);
   lua_getfield(L, 1, "exclude");
   if (!lua_isnil(L, -1)) {
     luaL_checktype(L, -1, LUA_TTABLE);
@@ -92,7 +112,7 @@ static int l_signer(lua_State *L) {
     if (n > KF_MAX_EXCLUDE) return luaL_error(L, "kaifang.core.signer: at most %d excluded keys", KF_MAX_EXCLUDE);
     for (i = 1; i <= n; i++) {
       lua_rawgeti(L, -1, (int)i);
-      copy_name(s->exclude[i - 1], luaL_checkstring(L, -1), KF_MAX_NAME, L, "excluded key");
+      copy_name(L, -1, s->exclude[i - 1], KF_MAX_NAME, "excluded key");
       lua_pop(L, 1);
     }
     s->nexclude = (int)n;
@@ -122,7 +142,9 @@ static int l_signer_sign(lua_State *L) {
     if (lua_type(L, -2) != LUA_TSTRING)
       return luaL_error(L, "%s: parameter names must be strings, got %s", who, luaL_typename(L, -2));
     if (n == cap) { /* past the common case: a userdata that the GC owns, so an error cannot leak it */
-      kf_pair *grown = kf_newuserdata(L, 2 * cap * sizeof *grown);
+      kf_pair *grown;
+      luaL_checkstack(L, 4, "kaifang.core.signer: too many parameters");
+      grown = kf_newuserdata(L, 2 * cap * sizeof *grown);
       memcpy(grown, pairs, n * sizeof *pairs);
       pairs = grown;
       cap *= 2;
@@ -360,6 +382,7 @@ static int l_now(lua_State *L) {
 static int l_sleep(lua_State *L) {
   lua_Number secs = luaL_checknumber(L, 1);
   struct timespec ts;
+  luaL_argcheck(L, secs <= MAX_SECONDS && secs == secs, 1, "a number of seconds up to 1e6");
   if (secs <= 0) return 0;
   ts.tv_sec = (time_t)secs;
   ts.tv_nsec = (long)((secs - (lua_Number)ts.tv_sec) * 1e9);
@@ -382,23 +405,35 @@ static int l_monotonic(lua_State *L) {
 
 /* ---- transport --------------------------------------------------------------------------- */
 
-static kf_http *check_http(lua_State *L) {
-  kf_http *h = luaL_checkudata(L, 1, HTTP_MT);
-  if (h->easy == NULL) luaL_argerror(L, 1, "kaifang.http session is closed");
+static kf_http *check_http_at(lua_State *L, int idx) {
+  kf_http *h = luaL_checkudata(L, idx, HTTP_MT);
+  if (h->easy == NULL) luaL_argerror(L, idx, "kaifang.http session is closed");
   return h;
 }
+
+static kf_http *check_http(lua_State *L) { return check_http_at(L, 1); }
 
 static int http_gc(lua_State *L) {
   kf_http_free(luaL_checkudata(L, 1, HTTP_MT));
   return 0;
 }
 
+
+/* A number of seconds from Lua, checked: finite, within [lo, MAX_SECONDS]. Raises with what. */
+static lua_Number check_seconds(lua_State *L, int idx, lua_Number lo, const char *who, const char *what) {
+  lua_Number s = lua_tonumber(L, idx);
+  if (lua_type(L, idx) != LUA_TNUMBER || !(s >= lo && s <= MAX_SECONDS)) /* NaN fails both */
+    luaL_error(L, "%s: '%s' must be a number of seconds from %s to %d", who, what, lo > 0 ? "0 (excluded)" : "0",
+               (int)MAX_SECONDS);
+  return s;
+}
+
 static long opt_ms(lua_State *L, int t, const char *field, long def) {
   long ms = def;
   lua_getfield(L, t, field);
   if (!lua_isnil(L, -1)) {
-    lua_Number s = lua_tonumber(L, -1);
-    if (!lua_isnumber(L, -1) || s <= 0) luaL_error(L, "kaifang.http: '%s' must be a positive number of seconds", field);
+    lua_Number s = check_seconds(L, -1, 0, "kaifang.http", field);
+    if (s <= 0) luaL_error(L, "kaifang.http: '%s' must be a positive number of seconds", field);
     ms = (long)(s * 1000 + 0.5);
     if (ms < 1) ms = 1;
   }
@@ -406,21 +441,22 @@ static long opt_ms(lua_State *L, int t, const char *field, long def) {
   return ms;
 }
 
-static const char *opt_str(lua_State *L, int t, const char *field) {
+/* The string stays on the stack, so that it lives as long as the C function: a string that an
+ * __index returned is held by nothing else. */
+static char *opt_str(lua_State *L, int t, const char *field) {
+  size_t len;
   const char *s;
   lua_getfield(L, t, field);
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    return NULL;
-  }
+  if (lua_isnil(L, -1)) return NULL;
   if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "kaifang.http: '%s' must be a string", field);
-  s = lua_tostring(L, -1);
-  lua_pop(L, 1); /* still referenced by the options table until the call returns */
-  return s;
+  s = lua_tolstring(L, -1, &len);
+  if (memchr(s, '\0', len)) luaL_error(L, "kaifang.http: '%s' contains a NUL byte", field);
+  return (char *)s;
 }
 
 /* Options shared by a session and a batch: connect_timeout=, timeout=, ssl_verify=, cainfo=,
- * capath=, proxy=, user_agent=, max_body=. Strings stay owned by the options table. */
+ * capath=, proxy=, user_agent=, max_body=. The strings are left on the stack (see opt_str); the
+ * session or batch copies them. */
 static int read_http_opts(lua_State *L, kf_http_opts *o) {
   if (lua_isnoneornil(L, 1)) {
     lua_settop(L, 0);
@@ -433,7 +469,12 @@ static int read_http_opts(lua_State *L, kf_http_opts *o) {
   lua_getfield(L, 1, "ssl_verify");
   o->ssl_verify = lua_isnil(L, -1) ? 1 : lua_toboolean(L, -1);
   lua_getfield(L, 1, "max_body");
-  o->max_body = (size_t)luaL_optnumber(L, -1, 0);
+  if (!lua_isnil(L, -1)) {
+    lua_Number n = lua_tonumber(L, -1);
+    if (lua_type(L, -1) != LUA_TNUMBER || !(n >= 1 && n <= 9007199254740992.0) || n != (lua_Number)(long long)n)
+      luaL_error(L, "kaifang.http: 'max_body' must be a positive whole number of bytes");
+    o->max_body = (size_t)n;
+  }
   lua_pop(L, 2);
   o->cainfo = opt_str(L, 1, "cainfo");
   o->capath = opt_str(L, 1, "capath");
@@ -456,11 +497,27 @@ static int l_http(lua_State *L) {
   return 1;
 }
 
+/* RFC 9110's token: a method or a header name, nothing that could end the line or the field. */
+static int is_token(const char *s, size_t len) {
+  size_t i;
+  if (len == 0) return 0;
+  for (i = 0; i < len; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || strchr("!#$%&'*+-.^_`|~", c)))
+      return 0;
+  }
+  return 1;
+}
+
+static int has_line_break(const char *s, size_t len) {
+  return memchr(s, '\r', len) || memchr(s, '\n', len) || memchr(s, '\0', len);
+}
+
 static void add_header(lua_State *L, kf_http *h, const char *name, size_t nlen, const char *value, size_t vlen) {
   char line[4096];
-  if (nlen + vlen + 3 > sizeof line || memchr(name, '\n', nlen) || memchr(name, '\r', nlen) ||
-      memchr(value, '\n', vlen) || memchr(value, '\r', vlen) || memchr(name, ':', nlen))
-    luaL_error(L, "kaifang.http: bad request header '%s'", name);
+  if (!is_token(name, nlen)) luaL_error(L, "kaifang.http: bad request header name '%s'", name);
+  if (has_line_break(value, vlen) || nlen + vlen + 3 > sizeof line)
+    luaL_error(L, "kaifang.http: bad value of request header '%s' (CR, LF, NUL or too long)", name);
   memcpy(line, name, nlen);
   memcpy(line + nlen, ": ", 2);
   memcpy(line + nlen + 2, value, vlen);
@@ -525,16 +582,21 @@ static int transport_error(lua_State *L, const kf_result *r) {
 
 /* Reads a request table { method=, url=, headers=, body=, timeout= } into h, ready to transfer. */
 static void prepare_request(lua_State *L, kf_http *h, int idx) {
-  const char *method, *url, *body;
-  size_t bodylen = 0;
+  const char *method = "GET", *url, *body;
+  size_t bodylen = 0, len;
   long timeout_ms;
   int top = lua_gettop(L);
   luaL_checktype(L, idx, LUA_TTABLE);
-  lua_getfield(L, idx, "method");
-  method = luaL_optstring(L, -1, "GET");
+  lua_getfield(L, idx, "method"); /* each value stays on the stack until the request is prepared */
+  if (!lua_isnil(L, -1)) {
+    if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "kaifang.http: 'method' must be a string");
+    method = lua_tolstring(L, -1, &len);
+    if (!is_token(method, len) || len > 32) luaL_error(L, "kaifang.http: bad method (not an HTTP token)");
+  }
   lua_getfield(L, idx, "url");
   if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "kaifang.http: request needs a 'url' string");
-  url = lua_tostring(L, -1);
+  url = lua_tolstring(L, -1, &len);
+  if (memchr(url, '\0', len)) luaL_error(L, "kaifang.http: the url contains a NUL byte");
   lua_getfield(L, idx, "body");
   body = luaL_optlstring(L, -1, NULL, &bodylen);
   timeout_ms = opt_ms(L, idx, "timeout", 0);
@@ -641,15 +703,20 @@ static int l_multi(lua_State *L) {
   return 1;
 }
 
-/* batch:submit(request) -> slot (1-based), or nil when every slot is busy */
+/* batch:submit(request [, session]) -> slot (1-based), or nil when every slot is busy. With a
+ * session (a client's core.http), the transfer has that session's settings (proxy, TLS, CA,
+ * timeouts, user agent, max_body); without, the batch's own. */
 static int l_multi_submit(lua_State *L) {
   lmulti *b = check_multi(L);
+  const kf_http_opts *o = &b->m.opts;
   int slot;
+  if (!lua_isnoneornil(L, 3)) o = &check_http_at(L, 3)->opts;
   if (b->nidle == 0) {
     lua_pushnil(L);
     return 1;
   }
   slot = b->idle[b->nidle - 1];
+  if (kf_http_configure(&b->m.slots[slot], o) != 0) return luaL_error(L, "kaifang.multi: out of memory");
   prepare_request(L, &b->m.slots[slot], 2);
   if (kf_multi_start(&b->m, slot) != 0) return luaL_error(L, "kaifang.multi: could not start a transfer");
   b->nidle--;
@@ -662,7 +729,10 @@ static int l_multi_wait(lua_State *L) {
   lmulti *b = check_multi(L);
   lua_Number secs = luaL_optnumber(L, 2, 1);
   char err[128];
-  int n = kf_multi_wait(&b->m, secs > 0 ? (long)(secs * 1000) : 0, err, sizeof err);
+  int n;
+  luaL_argcheck(L, secs == secs, 2, "a number of seconds");
+  if (secs > 86400) secs = 86400; /* curl_multi_poll takes an int of milliseconds */
+  n = kf_multi_wait(&b->m, secs > 0 ? (long)(secs * 1000) : 0, err, sizeof err);
   if (n < 0) return luaL_error(L, "kaifang.multi: %s", err);
   lua_pushinteger(L, n);
   return 1;
@@ -802,6 +872,8 @@ int luaopen_kaifang_core(lua_State *L) {
   luaL_getmetatable(L, SIGNER_MT);
   lua_pushcfunction(L, l_signer_sign);
   lua_setfield(L, -2, "__call");
+  lua_pushcfunction(L, signer_close);
+  lua_setfield(L, -2, "__close");
   lua_pop(L, 1);
   kf_newclass(L, HTTP_MT, http_methods, http_gc);
   luaL_getmetatable(L, HTTP_MT);

@@ -53,19 +53,55 @@ static size_t on_header(char *ptr, size_t size, size_t nmemb, void *ud) {
   return buf_append(&h->head, ptr, n, 1 << 20) ? 0 : n;
 }
 
-int kf_http_init(kf_http *h, const kf_http_opts *o, char *err, size_t errlen) {
-  CURL *e;
-  memset(h, 0, sizeof *h);
-  e = curl_easy_init();
-  if (e == NULL) {
-    strncpy(err, "curl_easy_init failed", errlen - 1);
-    err[errlen - 1] = '\0';
-    return -1;
-  }
-  h->easy = e;
+static char *dup_or_null(const char *s, int *oom) {
+  char *p;
+  size_t n;
+  if (s == NULL) return NULL;
+  n = strlen(s) + 1;
+  p = malloc(n);
+  if (p == NULL) *oom = 1;
+  else memcpy(p, s, n);
+  return p;
+}
+
+static void opts_free(kf_http_opts *o) {
+  free(o->cainfo);
+  free(o->capath);
+  free(o->proxy);
+  free(o->user_agent);
+  memset(o, 0, sizeof *o);
+}
+
+/* dst gets copies of src's strings; 0, or -1 (dst emptied) when out of memory. */
+static int opts_copy(kf_http_opts *dst, const kf_http_opts *src) {
+  int oom = 0;
+  *dst = *src;
+  dst->cainfo = dup_or_null(src->cainfo, &oom);
+  dst->capath = dup_or_null(src->capath, &oom);
+  dst->proxy = dup_or_null(src->proxy, &oom);
+  dst->user_agent = dup_or_null(src->user_agent, &oom);
+  if (oom) opts_free(dst);
+  return oom ? -1 : 0;
+}
+
+static int str_equal(const char *a, const char *b) {
+  return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+static int opts_equal(const kf_http_opts *a, const kf_http_opts *b) {
+  return a->connect_timeout_ms == b->connect_timeout_ms && a->timeout_ms == b->timeout_ms &&
+         a->ssl_verify == b->ssl_verify && a->max_body == b->max_body && str_equal(a->cainfo, b->cainfo) &&
+         str_equal(a->capath, b->capath) && str_equal(a->proxy, b->proxy) && str_equal(a->user_agent, b->user_agent);
+}
+
+/* Every option of h's easy handle, from h->opts; also after a curl_easy_reset. */
+static void setup(kf_http *h) {
+  CURL *e = h->easy;
+  const kf_http_opts *o = &h->opts;
   h->max_body = o->max_body ? o->max_body : (size_t)64 << 20;
   h->connect_timeout_ms = o->connect_timeout_ms > 0 ? o->connect_timeout_ms : 5000;
   h->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : 15000;
+  curl_easy_setopt(e, CURLOPT_PRIVATE, (void *)h);
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L); /* no SIGALRM: safe in threads and in nginx */
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, h->errbuf);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
@@ -88,6 +124,32 @@ int kf_http_init(kf_http *h, const kf_http_opts *o, char *err, size_t errlen) {
   curl_easy_setopt(e, CURLOPT_READDATA, h);
   curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, on_seek);
   curl_easy_setopt(e, CURLOPT_SEEKDATA, h);
+}
+
+int kf_http_init(kf_http *h, const kf_http_opts *o, char *err, size_t errlen) {
+  memset(h, 0, sizeof *h);
+  if (opts_copy(&h->opts, o) != 0) {
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  h->easy = curl_easy_init();
+  if (h->easy == NULL) {
+    opts_free(&h->opts);
+    snprintf(err, errlen, "curl_easy_init failed");
+    return -1;
+  }
+  setup(h);
+  return 0;
+}
+
+int kf_http_configure(kf_http *h, const kf_http_opts *o) {
+  kf_http_opts copy;
+  if (opts_equal(&h->opts, o)) return 0;
+  if (opts_copy(&copy, o) != 0) return -1;
+  opts_free(&h->opts);
+  h->opts = copy;
+  curl_easy_reset(h->easy); /* back to libcurl's defaults (its CA bundle among them), then ours */
+  setup(h);
   return 0;
 }
 
@@ -97,6 +159,7 @@ void kf_http_free(kf_http *h) {
   free(h->body.data);
   free(h->head.data);
   free(h->out.data);
+  opts_free(&h->opts);
   memset(h, 0, sizeof *h);
 }
 
@@ -172,7 +235,7 @@ int kf_multi_init(kf_multi *m, int slots, const kf_http_opts *o, char *err, size
   m->multi = curl_multi_init();
   m->slots = calloc((size_t)slots, sizeof *m->slots);
   m->done = calloc((size_t)slots, sizeof *m->done);
-  if (m->multi == NULL || m->slots == NULL || m->done == NULL) {
+  if (m->multi == NULL || m->slots == NULL || m->done == NULL || opts_copy(&m->opts, o) != 0) {
     kf_multi_free(m);
     snprintf(err, errlen, "out of memory");
     return -1;
@@ -183,7 +246,6 @@ int kf_multi_init(kf_multi *m, int slots, const kf_http_opts *o, char *err, size
       kf_multi_free(m);
       return -1;
     }
-    curl_easy_setopt(m->slots[i].easy, CURLOPT_PRIVATE, (void *)&m->slots[i]);
   }
   /* keep every connection of the batch alive between transfers */
   curl_multi_setopt(m->multi, CURLMOPT_MAXCONNECTS, (long)slots);
@@ -198,6 +260,7 @@ void kf_multi_free(kf_multi *m) {
     kf_http_free(&m->slots[i]);
   }
   if (m->multi) curl_multi_cleanup(m->multi);
+  opts_free(&m->opts);
   free(m->slots);
   free(m->done);
   memset(m, 0, sizeof *m);

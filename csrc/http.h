@@ -16,15 +16,16 @@ typedef struct kf_http_opts {
   long connect_timeout_ms;  /* default 5000 */
   long timeout_ms;          /* default 15000 */
   int ssl_verify;           /* default 1 */
-  const char *cainfo;       /* CA bundle file, or NULL for the system's */
-  const char *capath;
-  const char *proxy;        /* "http://host:port", or NULL for none (env vars are ignored) */
-  const char *user_agent;
+  char *cainfo;             /* CA bundle file, or NULL for the system's */
+  char *capath;
+  char *proxy;              /* "http://host:port", or NULL for none (env vars are ignored) */
+  char *user_agent;
   size_t max_body;          /* default 64 MiB */
 } kf_http_opts;
 
 typedef struct kf_http {
   CURL *easy;
+  kf_http_opts opts;        /* its own copy of the settings it was made with */
   struct curl_slist *req_headers;
   kf_buf body, head;
   kf_buf out;               /* the request body being sent */
@@ -38,6 +39,7 @@ typedef struct kf_http {
 /* A batch: slots of kept-alive easy handles on one multi handle (one connection pool). */
 typedef struct kf_multi {
   CURLM *multi;
+  kf_http_opts opts;        /* the settings of a transfer submitted without a session's */
   kf_http *slots;
   int nslots, active;
   int *done, ndone;         /* finished slots, not yet collected */
@@ -51,8 +53,13 @@ typedef struct kf_result {
   const char *message;      /* curl's explanation, on failure */
 } kf_result;
 
+/* Copies o (strings included) into h, which keeps its own settings. */
 int kf_http_init(kf_http *h, const kf_http_opts *o, char *err, size_t errlen);
 void kf_http_free(kf_http *h);
+/* Gives an idle handle other settings (another client's, in a batch), unless it has them already;
+ * its connections stay in the pool, where libcurl reuses one only for equal settings. 0 or -1
+ * when out of memory. */
+int kf_http_configure(kf_http *h, const kf_http_opts *o);
 
 /* Adds a request header ("Name: value"); returns 0 or -1 when out of memory. */
 int kf_http_add_header(kf_http *h, const char *line);

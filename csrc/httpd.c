@@ -11,6 +11,7 @@
 #include "compat.h"
 
 #include <errno.h>
+#include <math.h>
 #include <netdb.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -27,8 +28,13 @@
 #include <microhttpd.h>
 
 #define SERVER_MT "kaifang.sandbox.httpd.server"
-#define DEFAULT_MAX_BODY ((size_t)8 << 20)
+/* A platform request is a few kilobytes: a megabyte per body and 64 MB for all the bodies held
+ * at once keep a flood of uploads from taking the machine's memory. */
+#define DEFAULT_MAX_BODY ((size_t)1 << 20)
+#define DEFAULT_MAX_MEMORY ((size_t)64 << 20)
 #define DEFAULT_CONN_LIMIT 1024u
+#define CONN_MEMORY ((size_t)32 << 10) /* libmicrohttpd's buffer per connection: headers, reads */
+#define MAX_SECONDS 1e6
 
 enum req_state {
   ST_NEW,      /* headers/body being collected by MHD's thread */
@@ -36,7 +42,7 @@ enum req_state {
   ST_PENDING,  /* handed to Lua, waiting for respond/drop */
   ST_ANSWERED, /* Lua set a response; the connection is being resumed */
   ST_DROPPED,  /* Lua wants the connection closed without an answer */
-  ST_LOCAL     /* answered by C itself (413) */
+  ST_LOCAL     /* answered by C itself (400, 413, 503) */
 };
 
 typedef struct {
@@ -51,15 +57,24 @@ typedef struct kf_req {
   struct MHD_Connection *conn;
   long long id;
   enum req_state state;
-  int started, too_large, reset, oom;
+  int started, reset, oom;
+  unsigned refuse;      /* a status C answers with once the body is in (413, 503), or 0 */
+  int n_length, chunked; /* Content-Length headers seen; Transfer-Encoding: chunked */
+  char *length;         /* the first Content-Length's value */
   char *uri; /* raw request target as sent, query included */
   char *method, *version;
   char remote[80];
   sbuf headers; /* "name\0value\0" pairs, names lower-cased */
-  sbuf body;
-  struct MHD_Response *resp;
-  unsigned status;
+  sbuf body;    /* its capacity counts in the server's memory */
 } kf_req;
+
+/* A connection, from accept to close: its headers must be in by deadline (0: none pending). */
+typedef struct kf_conn {
+  struct kf_conn *next, *prev;
+  int fd;
+  struct timespec deadline;
+  int waiting; /* for a request's headers */
+} kf_conn;
 
 typedef struct kf_server {
   struct MHD_Daemon *daemon;
@@ -70,7 +85,12 @@ typedef struct kf_server {
   kf_req **buckets; /* pending requests by id; ids are sequential, so id & mask spreads them */
   size_t nbuckets, npending, nqueued, nanswering;
   long long next_id;
-  size_t max_body;
+  size_t max_body, max_memory, memory; /* memory: the bodies' buffers, now */
+  double header_timeout;
+  kf_conn *conns;       /* every open connection */
+  pthread_t watchdog;
+  pthread_cond_t tick;  /* wakes the watchdog to stop */
+  int watching, stopping;
   unsigned port;
   int verbose;
   char host[256];
@@ -120,7 +140,8 @@ static void unlock(kf_server *s) {
   if (pthread_mutex_unlock(&s->mu) != 0) abort();
 }
 
-static void deadline_after(struct timespec *ts, double secs) {
+/* ts = now + secs on the monotonic clock; secs is finite, 0..MAX_SECONDS. */
+static void now_plus(struct timespec *ts, double secs) {
   clock_gettime(CLOCK_MONOTONIC, ts);
   ts->tv_sec += (time_t)secs;
   ts->tv_nsec += (long)((secs - (double)(time_t)secs) * 1e9);
@@ -143,8 +164,50 @@ static int wait_until(kf_server *s, pthread_cond_t *cv, const struct timespec *d
   return rc == ETIMEDOUT;
 }
 
+/* Body buffers, counted against the server's memory cap; called with the lock held. */
+static void body_release(kf_server *s, kf_req *r) {
+  s->memory -= r->body.cap;
+  sbuf_free(&r->body);
+}
+
+/* Makes room for n more body bytes: exactly the announced length at first, else doubling. 0, or
+ * -1 when the server's memory cap (or malloc) says no. */
+static int body_reserve(kf_server *s, kf_req *r, size_t n) {
+  size_t want = r->body.len + n + 1, cap;
+  char *q;
+  int ok = 1;
+  if (want <= r->body.cap) return 0;
+  cap = r->body.cap ? r->body.cap * 2 : 256;
+  if (r->body.cap == 0 && r->length) {
+    size_t announced = (size_t)strtoull(r->length, NULL, 10) + 1;
+    if (announced <= s->max_body + 1 && announced > cap) cap = announced;
+  }
+  while (cap < want) cap *= 2;
+  if (cap > s->max_body + 1) cap = s->max_body + 1 > want ? s->max_body + 1 : want;
+  lock(s);
+  if (s->memory + (cap - r->body.cap) > s->max_memory) ok = 0;
+  else s->memory += cap - r->body.cap;
+  unlock(s);
+  if (!ok) return -1;
+  q = realloc(r->body.data, cap);
+  if (q == NULL) {
+    lock(s);
+    s->memory -= cap - r->body.cap;
+    unlock(s);
+    return -1;
+  }
+  r->body.data = q;
+  r->body.cap = cap;
+  return 0;
+}
+
 static void req_free(kf_req *r) {
-  if (r->resp) MHD_destroy_response(r->resp);
+  if (r->body.cap) {
+    lock(r->srv);
+    body_release(r->srv, r);
+    unlock(r->srv);
+  }
+  free(r->length);
   free(r->uri);
   free(r->method);
   free(r->version);
@@ -245,7 +308,88 @@ static enum MHD_Result collect_header(void *cls, enum MHD_ValueKind kind, const 
     r->oom = 1;
     return MHD_NO;
   }
+  if (strcasecmp(key, "Content-Length") == 0) {
+    /* two that differ make the body's end ambiguous (request smuggling): refused with a 400 */
+    if (r->n_length++ == 0) r->length = dupstr(value);
+    else if (r->length == NULL || strcmp(r->length, value) != 0) r->n_length = -1000;
+    if (r->length == NULL) r->oom = 1;
+  } else if (strcasecmp(key, "Transfer-Encoding") == 0) {
+    r->chunked = 1;
+  }
   return MHD_YES;
+}
+
+/* ---------------------------------------------- connections and their header deadline */
+
+/* A connection waits for a request's headers from its start and after each answer: a client
+ * that sends them a byte at a time (or never) is cut at the deadline, so that slow clients
+ * cannot hold every connection the server allows. */
+static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code) {
+  kf_server *s = cls;
+  kf_conn *c = *socket_context;
+  if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    c = calloc(1, sizeof *c);
+    if (c == NULL) return; /* not watched; libmicrohttpd's idle timeout still applies */
+    c->fd = ci ? ci->connect_fd : -1;
+    c->waiting = 1;
+    now_plus(&c->deadline, s->header_timeout);
+    lock(s);
+    c->next = s->conns;
+    if (s->conns) s->conns->prev = c;
+    s->conns = c;
+    unlock(s);
+    *socket_context = c;
+  } else if (c != NULL) { /* closed: before libmicrohttpd closes the descriptor */
+    lock(s);
+    if (c->prev) c->prev->next = c->next;
+    else s->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    unlock(s);
+    free(c);
+    *socket_context = NULL;
+  }
+}
+
+static kf_conn *conn_of(struct MHD_Connection *conn) {
+  const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+  return ci ? ci->socket_context : NULL;
+}
+
+/* Marks whether conn waits for a request's headers (from now on). */
+static void conn_waiting(kf_server *s, struct MHD_Connection *conn, int waiting) {
+  kf_conn *c = conn_of(conn);
+  if (c == NULL) return;
+  lock(s);
+  c->waiting = waiting;
+  if (waiting) now_plus(&c->deadline, s->header_timeout);
+  unlock(s);
+}
+
+static int passed(const struct timespec *now, const struct timespec *t) {
+  return now->tv_sec > t->tv_sec || (now->tv_sec == t->tv_sec && now->tv_nsec >= t->tv_nsec);
+}
+
+static void *watchdog(void *cls) {
+  kf_server *s = cls;
+  lock(s);
+  while (!s->stopping) {
+    struct timespec now, next;
+    kf_conn *c;
+    now_plus(&next, 0.1);
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    for (c = s->conns; c; c = c->next) {
+      if (c->waiting && c->fd >= 0 && passed(&now, &c->deadline)) {
+        c->waiting = 0;
+        /* the descriptor stays libmicrohttpd's: it sees the end of the stream and closes it */
+        (void)shutdown(c->fd, SHUT_RDWR);
+      }
+    }
+    (void)wait_until(s, &s->tick, &next);
+  }
+  unlock(s);
+  return NULL;
 }
 
 static void note_remote(kf_req *r, struct MHD_Connection *conn) {
@@ -292,30 +436,41 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     if (!r->started) {
       r->started = 1;
       r->conn = conn;
+      conn_waiting(s, conn, 0); /* the headers are in */
       r->method = dupstr(method);
       r->version = dupstr(version ? version : "");
       if (r->method == NULL || r->version == NULL) return MHD_NO;
       (void)MHD_get_connection_values(conn, MHD_HEADER_KIND, collect_header, r);
       if (r->oom) return MHD_NO;
       note_remote(r, conn);
+      if (r->n_length < 0 || (r->n_length > 0 && r->chunked)) {
+        r->state = ST_LOCAL;
+        return answer_locally(conn, 400, "conflicting Content-Length or Transfer-Encoding\n");
+      }
       return MHD_YES;
     }
     if (*upload_data_size > 0) {
-      /* past the cap, keep reading (and discarding) so the 413 can be sent cleanly */
-      if (!r->too_large) {
-        if (r->body.len + *upload_data_size > s->max_body) {
-          r->too_large = 1;
-          sbuf_free(&r->body);
-        } else if (sbuf_add(&r->body, upload_data, *upload_data_size) != 0) {
-          return MHD_NO;
+      /* past a cap, keep reading (and discarding) so that the answer can be sent cleanly */
+      if (!r->refuse) {
+        if (r->body.len + *upload_data_size > s->max_body) r->refuse = 413;
+        else if (body_reserve(s, r, *upload_data_size) != 0) r->refuse = 503;
+        if (r->refuse) {
+          lock(s);
+          body_release(s, r);
+          unlock(s);
+        } else {
+          memcpy(r->body.data + r->body.len, upload_data, *upload_data_size);
+          r->body.len += *upload_data_size;
+          r->body.data[r->body.len] = '\0';
         }
       }
       *upload_data_size = 0;
       return MHD_YES;
     }
-    if (r->too_large) {
+    if (r->refuse) {
       r->state = ST_LOCAL;
-      return answer_locally(conn, 413, "request body too large\n");
+      return answer_locally(conn, r->refuse, r->refuse == 413 ? "request body too large\n"
+                                                              : "server busy: too many request bodies held at once\n");
     }
     /* Suspend before queueing: once queued, Lua may resume at any moment, and resuming
        a connection that is not suspended is undefined. */
@@ -331,21 +486,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
     unlock(s);
     return MHD_YES;
 
-  case ST_ANSWERED: {
-    struct MHD_Response *resp;
-    unsigned status;
-    enum MHD_Result ret;
-    lock(s);
-    resp = r->resp;
-    status = r->status;
-    r->resp = NULL;
-    unlock(s);
-    if (resp == NULL) return MHD_NO;
-    ret = MHD_queue_response(conn, status, resp);
-    MHD_destroy_response(resp);
-    return ret;
-  }
-
+  case ST_ANSWERED: /* queued while suspended (see l_respond): here only if that failed */
   case ST_DROPPED:
     return MHD_NO; /* MHD closes the connection */
 
@@ -361,10 +502,10 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls, enum MHD_RequestTerminationCode toe) {
   kf_server *s = cls;
   kf_req *r = *con_cls;
-  (void)conn;
   (void)toe;
   if (r == NULL) return;
   *con_cls = NULL;
+  conn_waiting(s, conn, 1); /* kept alive: the next request's headers are due */
   lock(s);
   if (r->state == ST_ANSWERED || r->state == ST_DROPPED) {
     if (--s->nanswering == 0 && pthread_cond_broadcast(&s->settled) != 0) abort();
@@ -395,17 +536,29 @@ static kf_server *check_server(lua_State *L) {
   return u->s;
 }
 
-static lua_Number opt_number_field(lua_State *L, int idx, const char *k, lua_Number dflt) {
+/* A number option within [lo, hi] (NaN is not). */
+static lua_Number opt_number_field(lua_State *L, int idx, const char *k, lua_Number dflt, lua_Number lo, lua_Number hi) {
   lua_Number v;
   lua_getfield(L, idx, k);
   if (lua_isnil(L, -1)) v = dflt;
   else if (lua_type(L, -1) == LUA_TNUMBER) v = lua_tonumber(L, -1);
   else return luaL_error(L, "kaifang.sandbox.httpd: option '%s' must be a number", k);
+  if (!(v >= lo && v <= hi)) luaL_error(L, "kaifang.sandbox.httpd: option '%s' must be from %f to %f", k, lo, hi);
   lua_pop(L, 1);
   return v;
 }
 
+/* A timeout argument: finite and within range, at least 0; dflt when none. */
+static double opt_seconds(lua_State *L, int idx, double dflt) {
+  lua_Number t;
+  if (lua_isnoneornil(L, idx)) return dflt;
+  t = luaL_checknumber(L, idx);
+  luaL_argcheck(L, t == t && t <= MAX_SECONDS, idx, "a number of seconds up to 1e6");
+  return t > 0 ? t : 0;
+}
+
 static void server_destroy(kf_server *s) {
+  pthread_cond_destroy(&s->tick);
   pthread_cond_destroy(&s->arrived);
   pthread_cond_destroy(&s->settled);
   pthread_mutex_destroy(&s->mu);
@@ -421,8 +574,11 @@ static int init_sync(kf_server *s) {
   if (pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) != 0) goto fail_ca;
   if (pthread_cond_init(&s->arrived, &ca) != 0) goto fail_ca;
   if (pthread_cond_init(&s->settled, &ca) != 0) goto fail_arrived;
+  if (pthread_cond_init(&s->tick, &ca) != 0) goto fail_settled;
   pthread_condattr_destroy(&ca);
   return 0;
+fail_settled:
+  pthread_cond_destroy(&s->settled);
 fail_arrived:
   pthread_cond_destroy(&s->arrived);
 fail_ca:
@@ -432,12 +588,12 @@ fail_mu:
   return -1;
 }
 
-/* httpd.listen{ host=, port=, max_body=, connection_limit=, connection_timeout=, threads=, verbose= }
-   -> server | nil, errmsg */
+/* httpd.listen{ host=, port=, max_body=, max_memory=, connection_limit=, connection_timeout=,
+   header_timeout=, threads=, verbose= } -> server | nil, errmsg */
 static int l_listen(lua_State *L) {
   const char *host = "127.0.0.1";
-  lua_Number port = 0, max_body = (lua_Number)DEFAULT_MAX_BODY, limit = DEFAULT_CONN_LIMIT, timeout = 300,
-             threads = 1;
+  lua_Number port = 0, max_body = (lua_Number)DEFAULT_MAX_BODY, max_memory = (lua_Number)DEFAULT_MAX_MEMORY,
+             limit = DEFAULT_CONN_LIMIT, timeout = 300, header_timeout = 10, threads = 1;
   int verbose = 0, rc;
   struct addrinfo hints, *ai = NULL;
   struct sockaddr_storage addr;
@@ -449,21 +605,22 @@ static int l_listen(lua_State *L) {
 
   if (!lua_isnoneornil(L, 1)) {
     luaL_checktype(L, 1, LUA_TTABLE);
-    lua_getfield(L, 1, "host");
-    if (!lua_isnil(L, -1)) host = luaL_checkstring(L, -1);
-    lua_pop(L, 1); /* the string stays alive: it is still referenced by the options table */
-    port = opt_number_field(L, 1, "port", 0);
-    max_body = opt_number_field(L, 1, "max_body", max_body);
-    limit = opt_number_field(L, 1, "connection_limit", limit);
-    timeout = opt_number_field(L, 1, "connection_timeout", timeout);
-    threads = opt_number_field(L, 1, "threads", threads);
+    port = opt_number_field(L, 1, "port", 0, 0, 65535);
+    max_body = opt_number_field(L, 1, "max_body", max_body, 0, 1u << 30);
+    max_memory = opt_number_field(L, 1, "max_memory", max_memory, 0, 1ull << 40);
+    limit = opt_number_field(L, 1, "connection_limit", limit, 1, 65536);
+    timeout = opt_number_field(L, 1, "connection_timeout", timeout, 0, 86400);
+    header_timeout = opt_number_field(L, 1, "header_timeout", header_timeout, 0.01, 86400);
+    threads = opt_number_field(L, 1, "threads", threads, 1, 64);
     lua_getfield(L, 1, "verbose");
     verbose = lua_toboolean(L, -1);
-    lua_pop(L, 1);
+    lua_getfield(L, 1, "host"); /* stays on the stack while it is used: __index may have made it */
+    if (!lua_isnil(L, -1)) {
+      size_t len;
+      host = luaL_checklstring(L, -1, &len);
+      if (memchr(host, '\0', len)) return luaL_error(L, "kaifang.sandbox.httpd: host contains a NUL byte");
+    }
   }
-  if (port < 0 || port > 65535) return luaL_error(L, "kaifang.sandbox.httpd: bad port");
-  if (max_body < 0 || limit < 1 || timeout < 0 || threads < 1 || threads > 64)
-    return luaL_error(L, "kaifang.sandbox.httpd: bad option value");
   if (strlen(host) >= sizeof s->host) return luaL_error(L, "kaifang.sandbox.httpd: host too long");
 
   memset(&hints, 0, sizeof hints);
@@ -494,6 +651,8 @@ static int l_listen(lua_State *L) {
     return luaL_error(L, "kaifang.sandbox.httpd: cannot initialise mutex/condvar");
   }
   s->max_body = (size_t)max_body;
+  s->max_memory = (size_t)max_memory;
+  s->header_timeout = header_timeout;
   s->verbose = verbose;
   memcpy(s->host, host, strlen(host) + 1);
 
@@ -505,6 +664,7 @@ static int l_listen(lua_State *L) {
   s->daemon = MHD_start_daemon(
       flags, (uint16_t)port /* bound through SOCK_ADDR; here for libmicrohttpd's messages */, NULL, NULL, on_access, s, MHD_OPTION_EXTERNAL_LOGGER, on_log, s, MHD_OPTION_SOCK_ADDR,
       (struct sockaddr *)&addr, MHD_OPTION_URI_LOG_CALLBACK, on_uri, s, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
+      MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, CONN_MEMORY,
       MHD_OPTION_CONNECTION_LIMIT, (unsigned)limit, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)timeout,
       MHD_OPTION_THREAD_POOL_SIZE, (unsigned)threads, MHD_OPTION_END);
   if (s->daemon == NULL) {
@@ -516,6 +676,9 @@ static int l_listen(lua_State *L) {
   di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
   s->port = di ? di->port : (unsigned)port;
   u->s = s;
+  if (pthread_create(&s->watchdog, NULL, watchdog, s) != 0)
+    return luaL_error(L, "kaifang.sandbox.httpd: cannot start the header watchdog"); /* __gc stops the rest */
+  s->watching = 1;
   return 1;
 }
 
@@ -527,10 +690,7 @@ static int l_next(lua_State *L) {
   kf_req *r;
   const char *q, *p, *end;
 
-  if (timed) {
-    lua_Number t = luaL_checknumber(L, 2);
-    deadline_after(&deadline, t > 0 ? t : 0);
-  }
+  if (timed) now_plus(&deadline, opt_seconds(L, 2, 0));
   lock(s);
   while (s->qhead == NULL) {
     if (wait_until(s, &s->arrived, timed ? &deadline : NULL)) break;
@@ -572,6 +732,9 @@ static int l_next(lua_State *L) {
   lua_setfield(L, -2, "remote");
   lua_pushlstring(L, r->body.data ? r->body.data : "", r->body.len);
   lua_setfield(L, -2, "body");
+  lock(s); /* Lua has its copy: the buffer no longer counts */
+  body_release(s, r);
+  unlock(s);
 
   lua_newtable(L);
   p = r->headers.data;
@@ -592,8 +755,6 @@ static int l_next(lua_State *L) {
   }
   lua_setfield(L, -2, "headers");
 
-  /* Lua has its copy; a long-held request need not keep its body twice */
-  sbuf_free(&r->body);
   sbuf_free(&r->headers);
   return 1;
 }
@@ -653,8 +814,6 @@ static int l_respond(lua_State *L) {
   lock(s);
   r = pending_take(s, id);
   if (r) {
-    r->resp = resp;
-    r->status = (unsigned)status;
     r->state = ST_ANSWERED;
     s->nanswering++;
     conn = r->conn;
@@ -664,6 +823,11 @@ static int l_respond(lua_State *L) {
     MHD_destroy_response(resp);
     return no_such_request(L, id);
   }
+  /* Queued while still suspended (libmicrohttpd allows it then): once resumed, the connection
+     writes the answer before it reads again, so a client that half-closed after its request
+     still gets it. */
+  (void)MHD_queue_response(conn, (unsigned)status, resp);
+  MHD_destroy_response(resp);
   MHD_resume_connection(conn);
   lua_pushboolean(L, 1);
   return 1;
@@ -719,7 +883,7 @@ static int l_drop(lua_State *L) {
 static int settle(kf_server *s, double secs) {
   struct timespec deadline;
   int ok = 1;
-  deadline_after(&deadline, secs);
+  now_plus(&deadline, secs);
   lock(s);
   while (s->nanswering > 0) {
     if (wait_until(s, &s->settled, &deadline)) {
@@ -734,8 +898,7 @@ static int settle(kf_server *s, double secs) {
 /* srv:flush([timeout=2]) -> boolean: all answers handed over to the kernel */
 static int l_flush(lua_State *L) {
   kf_server *s = check_server(L);
-  lua_Number t = luaL_optnumber(L, 2, 2);
-  lua_pushboolean(L, settle(s, t > 0 ? t : 0));
+  lua_pushboolean(L, settle(s, opt_seconds(L, 2, 2)));
   return 1;
 }
 
@@ -751,20 +914,24 @@ static int l_host(lua_State *L) {
   return 1;
 }
 
-/* srv:stats() -> { queued=, pending=, answering=, total=, connections= } */
+/* srv:stats() -> { queued=, pending=, answering=, total=, connections=, memory= (bytes held for bodies) } */
 static int l_stats(lua_State *L) {
   kf_server *s = check_server(L);
   size_t q, p, a;
   long long total;
   const union MHD_DaemonInfo *di;
+  size_t mem;
   lock(s);
   q = s->nqueued;
   p = s->npending;
   a = s->nanswering;
   total = s->next_id;
+  mem = s->memory;
   unlock(s);
   di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
-  lua_createtable(L, 0, 5);
+  lua_createtable(L, 0, 6);
+  lua_pushinteger(L, (lua_Integer)mem);
+  lua_setfield(L, -2, "memory");
   lua_pushinteger(L, (lua_Integer)q);
   lua_setfield(L, -2, "queued");
   lua_pushinteger(L, (lua_Integer)p);
@@ -815,6 +982,13 @@ static int l_close(lua_State *L) {
     MHD_resume_connection(r->conn);
   }
   (void)settle(s, 2.0);
+  if (s->watching) {
+    lock(s);
+    s->stopping = 1;
+    if (pthread_cond_signal(&s->tick) != 0) abort();
+    unlock(s);
+    pthread_join(s->watchdog, NULL);
+  }
   MHD_stop_daemon(s->daemon);
   server_destroy(s);
   return 0;

@@ -29,6 +29,7 @@ typedef struct kf_scheme {
   int drop_empty;
   int hmac;                           /* the secret is the HMAC key instead of a suffix */
   int upper;
+  int shared;                         /* handed to many users: __close leaves it open */
   char joiner[8];                     /* put between the canonical string and the secret */
   size_t joiner_len;
   EVP_MD *md;                         /* fetched once: per-call lookups cost more than MD5 itself */

@@ -21,14 +21,52 @@ static void sys_error(char *err, size_t errlen, const char *what, const char *pa
   snprintf(err, errlen, "%s %s: %s", what, path, strerror(errno));
 }
 
+/* A store or lock file holds a secret, or decides who refreshes it: it must be this user's own
+ * regular file, which nobody else can write. Returns 0, or -1 with err set. */
+static int check_private(int fd, const char *path, char *err, size_t errlen) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    sys_error(err, errlen, "cannot stat", path);
+    return -1;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    snprintf(err, errlen, "refusing %s: not a regular file", path);
+    return -1;
+  }
+  if (st.st_uid != geteuid()) {
+    snprintf(err, errlen, "refusing %s: owned by uid %ld, not by this user (uid %ld)", path, (long)st.st_uid,
+             (long)geteuid());
+    return -1;
+  }
+  if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+    snprintf(err, errlen, "refusing %s: others can write it (mode %03o; chmod 600 it)", path,
+             (unsigned)(st.st_mode & 0777));
+    return -1;
+  }
+  return 0;
+}
+
+/* open(2) that neither follows a symbolic link nor waits on a FIFO, and says so: the descriptor,
+ * -2 when there is no such file (err set), or -1 with err set. */
+static int open_private(const char *path, int flags, char *err, size_t errlen) {
+  int fd = open(path, flags | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    int missing = errno == ENOENT;
+    if (errno == ELOOP) snprintf(err, errlen, "refusing %s: it is a symbolic link", path);
+    else sys_error(err, errlen, "cannot open", path);
+    return missing ? -2 : -1;
+  }
+  if (check_private(fd, path, err, errlen) != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
 long kf_file_read(const char *path, char *buf, size_t cap, char *err, size_t errlen) {
   size_t len = 0;
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    if (errno == ENOENT) return -1;
-    sys_error(err, errlen, "cannot open", path);
-    return -2;
-  }
+  int fd = open_private(path, O_RDONLY, err, errlen);
+  if (fd < 0) return fd == -2 ? -1 : -2;
   for (;;) {
     ssize_t n;
     if (len == cap) {
@@ -129,11 +167,8 @@ static void pause_for(double seconds) {
 
 int kf_file_lock(const char *path, double timeout, char *err, size_t errlen) {
   double deadline = monotonic() + timeout, pause = 0.001;
-  int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-  if (fd < 0) {
-    sys_error(err, errlen, "cannot open", path);
-    return -1;
-  }
+  int fd = open_private(path, O_RDWR | O_CREAT, err, errlen);
+  if (fd < 0) return -1; /* even -2: the directory is missing */
   for (;;) {
     if (flock(fd, LOCK_EX | LOCK_NB) == 0) return fd;
     if (errno == EINTR) continue;
@@ -281,7 +316,7 @@ static int l_file_read(lua_State *L) {
     size_t cap;
     char *buf;
     long n;
-    if (stat(path, &st) != 0) {
+    if (lstat(path, &st) != 0) { /* a symbolic link is refused by kf_file_read */
       if (errno == ENOENT) {
         lua_pushnil(L);
         return 1;
@@ -335,6 +370,7 @@ static int l_file_lock(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   double timeout = (double)luaL_optnumber(L, 2, 10);
   char err[512];
+  luaL_argcheck(L, timeout >= 0 && timeout <= 1e6, 2, "a number of seconds from 0 to 1e6"); /* NaN fails */
   file_lock *l = kf_newuserdata(L, sizeof *l);
   l->fd = -1;
   luaL_getmetatable(L, FILE_LOCK_MT);
@@ -350,9 +386,13 @@ static int l_file_lock(lua_State *L) {
 
 static kf_redis *check_redis(lua_State *L) { return luaL_checkudata(L, 1, REDIS_MT); }
 
+/* close, __close and __gc: the connection is closed for good, its password wiped. */
 static int redis_gc(lua_State *L) {
   kf_redis *r = check_redis(L);
   kf_redis_close(r);
+  r->closed = 1;
+  r->has_password = 0;
+  r->password_len = 0;
   {
     volatile char *p = r->password; /* not left in freed memory */
     size_t i;
@@ -366,7 +406,8 @@ static long opt_timeout(lua_State *L, const char *field, long def) {
   lua_getfield(L, 1, field);
   if (!lua_isnil(L, -1)) {
     lua_Number s = lua_tonumber(L, -1);
-    if (!lua_isnumber(L, -1) || s <= 0) luaL_error(L, "kaifang.redis: '%s' must be a positive number of seconds", field);
+    if (!lua_isnumber(L, -1) || !(s > 0 && s <= 1e6)) /* NaN fails */
+      luaL_error(L, "kaifang.redis: '%s' must be a positive number of seconds, at most 1e6", field);
     ms = (long)(s * 1000 + 0.5);
     if (ms < 1) ms = 1;
   }
@@ -463,6 +504,7 @@ static int l_redis_command(lua_State *L) {
   redisReply *rep;
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
+  if (r->closed) return push_error(L, "closed", "the connection is closed");
   argc = (int)kf_rawlen(L, 2);
   if (argc < 1 || argc > MAX_REDIS_ARGS) return luaL_error(L, "kaifang.redis: a command has 1 to %d words", MAX_REDIS_ARGS);
   luaL_checkstack(L, argc, "kaifang.redis: too many words");
@@ -497,20 +539,15 @@ static int l_redis_command(lua_State *L) {
   return 1;
 }
 
-static int l_redis_close(lua_State *L) {
-  kf_redis_close(check_redis(L));
-  return 0;
-}
-
 static int l_redis_tostring(lua_State *L) {
   kf_redis *r = check_redis(L);
   lua_pushfstring(L, "kaifang.redis %s:%d db %d (%s)", r->host, r->port, (int)r->db,
-                  r->ctx ? "connected" : "not connected");
+                  r->closed ? "closed" : r->ctx ? "connected" : "not connected");
   return 1;
 }
 
 static const luaL_Reg file_lock_methods[] = {{"unlock", file_lock_release}, {NULL, NULL}};
-static const luaL_Reg redis_methods[] = {{"command", l_redis_command}, {"close", l_redis_close}, {NULL, NULL}};
+static const luaL_Reg redis_methods[] = {{"command", l_redis_command}, {"close", redis_gc}, {NULL, NULL}};
 static const luaL_Reg store_functions[] = {{"file_read", l_file_read},
                                            {"file_write", l_file_write},
                                            {"file_lock", l_file_lock},

@@ -31,6 +31,7 @@ typedef struct kf_redis {
   char password[512];
   size_t password_len;
   int port, has_password;
+  int closed;               /* closed by its user: never reconnects */
   long db;
   long connect_timeout_ms, timeout_ms;
 } kf_redis;

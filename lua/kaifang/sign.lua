@@ -20,7 +20,7 @@ function M.signer(scheme)
   if not s then
     local def = M.schemes[scheme]
     if not def then error("kaifang.sign: unknown scheme '" .. tostring(scheme) .. "'", 2) end
-    local spec = { name = scheme }
+    local spec = { name = scheme, shared = true } -- every client's: a user's <close> leaves it open
     for k, v in pairs(def) do spec[k] = v end
     s = core.signer(spec)
     signers[scheme] = s
