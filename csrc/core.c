@@ -503,7 +503,7 @@ static int is_token(const char *s, size_t len) {
   if (len == 0) return 0;
   for (i = 0; i < len; i++) {
     unsigned char c = (unsigned char)s[i];
-    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || strchr("!#$%&'*+-.^_`|~", c)))
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || (c && strchr("!#$%&'*+-.^_`|~", c))))
       return 0;
   }
   return 1;

@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <math.h>
 #include <netdb.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -759,7 +760,8 @@ static int l_next(lua_State *L) {
   return 1;
 }
 
-static int add_headers(lua_State *L, int idx, struct MHD_Response *resp) {
+/* The headers at idx into resp, and as "Name: value\r\n" lines into raw (see write_direct). */
+static int add_headers(lua_State *L, int idx, struct MHD_Response *resp, sbuf *raw) {
   if (lua_isnoneornil(L, idx)) return 0;
   lua_pushnil(L);
   while (lua_next(L, idx)) {
@@ -770,14 +772,68 @@ static int add_headers(lua_State *L, int idx, struct MHD_Response *resp) {
     }
     k = lua_tostring(L, -2);
     v = lua_tostring(L, -1);
-    /* MHD computes Content-Length itself and refuses a second one */
-    if (strcasecmp(k, "Content-Length") != 0 && MHD_add_response_header(resp, k, v) != MHD_YES) {
-      lua_pop(L, 2);
-      return -2;
+    /* MHD computes Content-Length itself and refuses a second one; it refuses CR and LF too */
+    if (strcasecmp(k, "Content-Length") != 0) {
+      if (MHD_add_response_header(resp, k, v) != MHD_YES) {
+        lua_pop(L, 2);
+        return -2;
+      }
+      if (sbuf_add(raw, k, strlen(k)) || sbuf_add(raw, ": ", 2) || sbuf_add(raw, v, strlen(v)) || sbuf_add(raw, "\r\n", 2)) {
+        lua_pop(L, 2);
+        return -3;
+      }
     }
     lua_pop(L, 1);
   }
   return 0;
+}
+
+/* Whether the client has shut down its side: the end of its stream is waiting to be read. */
+static int peer_closed(int fd) {
+  char c;
+  return recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0;
+}
+
+/* The answer written straight to a suspended connection's socket (libmicrohttpd does not touch it
+ * then), with Connection: close. For a client that half-closed after its request: libmicrohttpd
+ * 0.9.75 reads once more when it resumes a connection, sees the end of the stream and closes
+ * without writing the answer. Gives up after 5 s without progress. */
+static void write_direct(int fd, unsigned status, const sbuf *headers, const char *body, size_t blen) {
+  char head[256];
+  const char *reason = MHD_get_reason_phrase_for(status);
+  struct { const char *p; size_t n; } parts[4];
+  int i, n;
+  n = snprintf(head, sizeof head, "HTTP/1.1 %u %s\r\nConnection: close\r\nContent-Length: %lu\r\n", status,
+               reason && *reason ? reason : "Status", (unsigned long)blen);
+  parts[0].p = head;
+  parts[0].n = (size_t)n < sizeof head ? (size_t)n : sizeof head - 1;
+  parts[1].p = headers->data ? headers->data : "";
+  parts[1].n = headers->len;
+  parts[2].p = "\r\n";
+  parts[2].n = 2;
+  parts[3].p = body;
+  parts[3].n = blen;
+  for (i = 0; i < 4; i++) {
+    const char *p = parts[i].p;
+    size_t left = parts[i].n;
+    while (left > 0) {
+      ssize_t w = send(fd, p, left, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (w > 0) {
+        p += w;
+        left -= (size_t)w;
+      } else if (w < 0 && errno == EINTR) {
+        continue;
+      } else if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        struct pollfd pfd;
+        pfd.fd = fd;
+        pfd.events = POLLOUT;
+        pfd.revents = 0;
+        if (poll(&pfd, 1, 5000) <= 0) return;
+      } else {
+        return;
+      }
+    }
+  }
 }
 
 static int no_such_request(lua_State *L, long long id) {
@@ -797,18 +853,22 @@ static int l_respond(lua_State *L) {
   const char *body = luaL_optlstring(L, 5, "", &blen);
   struct MHD_Response *resp;
   struct MHD_Connection *conn;
+  const union MHD_ConnectionInfo *ci;
   kf_req *r;
   int rc;
+  sbuf raw = {NULL, 0, 0};
 
   luaL_argcheck(L, status >= 100 && status <= 999, 3, "bad HTTP status");
   if (!lua_isnoneornil(L, 4)) luaL_checktype(L, 4, LUA_TTABLE);
   resp = MHD_create_response_from_buffer(blen, (void *)body, MHD_RESPMEM_MUST_COPY);
   if (resp == NULL) return luaL_error(L, "kaifang.sandbox.httpd: cannot create response");
-  rc = add_headers(L, 4, resp);
+  rc = add_headers(L, 4, resp, &raw);
   if (rc != 0) {
     MHD_destroy_response(resp);
+    sbuf_free(&raw);
     return luaL_error(L, rc == -1 ? "kaifang.sandbox.httpd: header names and values must be strings"
-                                  : "kaifang.sandbox.httpd: header refused by libmicrohttpd");
+                         : rc == -2 ? "kaifang.sandbox.httpd: header refused by libmicrohttpd"
+                                    : "kaifang.sandbox.httpd: out of memory");
   }
 
   lock(s);
@@ -821,13 +881,19 @@ static int l_respond(lua_State *L) {
   unlock(s);
   if (r == NULL) {
     MHD_destroy_response(resp);
+    sbuf_free(&raw);
     return no_such_request(L, id);
   }
-  /* Queued while still suspended (libmicrohttpd allows it then): once resumed, the connection
-     writes the answer before it reads again, so a client that half-closed after its request
-     still gets it. */
-  (void)MHD_queue_response(conn, (unsigned)status, resp);
-  MHD_destroy_response(resp);
+  ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+  if (ci && peer_closed(ci->connect_fd)) {
+    write_direct(ci->connect_fd, (unsigned)status, &raw, body, blen);
+    r->state = ST_DROPPED; /* libmicrohttpd then closes it */
+    MHD_destroy_response(resp);
+  } else {
+    (void)MHD_queue_response(conn, (unsigned)status, resp); /* allowed while suspended */
+    MHD_destroy_response(resp);
+  }
+  sbuf_free(&raw);
   MHD_resume_connection(conn);
   lua_pushboolean(L, 1);
   return 1;

@@ -6,13 +6,16 @@
 -- opts: concurrency (32), rate (requests per second per client; nil = unlimited),
 --   max_attempts (4), backoff_base (0.1 s), backoff_cap (5 s), on_result(i, value, err, extra),
 --   progress (true: a progress line on stderr when it is a terminal), total (for the progress
---   line of a streamed batch), on_request/on_response (hooks, as on a client), and the transport
---   options connect_timeout, ssl_verify, cainfo, capath, proxy, user_agent.
+--   line of a streamed batch), on_request/on_response (hooks, as on a client).
+-- Each call goes out with its own client's transport settings (proxy, TLS checks, CA, timeouts,
+-- user agent); a client whose transport is not libcurl's sends through that transport, one call
+-- at a time.
 -- Returns { ok = n, failed = n, maybe_sent = n, retries = n, elapsed = seconds }: every call
 -- ends in exactly one of ok, failed and maybe_sent (it may have reached the platform; reconcile).
 local core = require "kaifang.core"
 local client = require "kaifang.client"
 local errors = require "kaifang.errors"
+local curl = require "kaifang.transport.curl"
 
 local monotonic = core.monotonic
 
@@ -127,7 +130,16 @@ end
 local OPTIONS = {
   concurrency = true, rate = true, max_attempts = true, backoff_base = true, backoff_cap = true,
   on_result = true, progress = true, total = true, on_request = true, on_response = true,
-  connect_timeout = true, ssl_verify = true, cainfo = true, capath = true, proxy = true, user_agent = true,
+}
+
+-- Transport settings are each client's: a batch-wide one would bypass a client's proxy or CA.
+local CLIENT_OPTIONS = { connect_timeout = true, ssl_verify = true, cainfo = true, capath = true, proxy = true,
+                         user_agent = true, timeout = true, max_body = true }
+
+-- Numeric options: { lowest, highest, whole number }; NaN and infinities fail.
+local NUMBERS = {
+  concurrency = { 1, 4096, true }, rate = { 1e-6, 1e6 }, max_attempts = { 1, 1000, true },
+  backoff_base = { 0, 3600 }, backoff_cap = { 0, 3600 }, total = { 0, 2 ^ 53, true },
 }
 
 function M.run(calls, opts)
@@ -136,21 +148,22 @@ function M.run(calls, opts)
   require("kaifang.transport").assert_may_block("kaifang.batch", 2)
   opts = opts or {}
   if type(opts) ~= "table" then error("kaifang.batch: opts must be a table", 2) end
-  for k in pairs(opts) do
+  for k, v in pairs(opts) do
+    if CLIENT_OPTIONS[k] then
+      error("kaifang.batch: option '" .. k .. "' belongs to the client (kaifang.<platform>.new{ " .. k .. " = ... }): each call is sent with its own client's", 2)
+    end
     if not OPTIONS[k] then error("kaifang.batch: " .. client.unknown("option", k, OPTIONS), 2) end
+    local range = NUMBERS[k]
+    if range and (type(v) ~= "number" or not (v >= range[1] and v <= range[2]) or (range[3] and v ~= math.floor(v))) then
+      error(("kaifang.batch: option '%s' must be a %s from %g to %g"):format(k, range[3] and "whole number" or "number",
+        range[1], range[2]), 2)
+    end
   end
   local concurrency = opts.concurrency or 32
-  if type(concurrency) ~= "number" or concurrency < 1 then error("kaifang.batch: concurrency must be >= 1", 2) end
-  if opts.rate ~= nil and (type(opts.rate) ~= "number" or opts.rate <= 0) then
-    error("kaifang.batch: rate must be a positive number of requests per second", 2)
-  end
   local max_attempts = opts.max_attempts or 4
   local on_result, on_request, on_response = opts.on_result, opts.on_request, opts.on_response
   local next_call = source(calls)
-  local multi = core.multi{
-    concurrency = concurrency, connect_timeout = opts.connect_timeout, ssl_verify = opts.ssl_verify,
-    cainfo = opts.cainfo, capath = opts.capath, proxy = opts.proxy, user_agent = opts.user_agent,
-  }
+  local multi = core.multi{ concurrency = concurrency }
   local limit = limiter(opts.rate)
   local inflight, active, waiting = {}, 0, {}
   local summary = { ok = 0, failed = 0, maybe_sent = 0, retries = 0 }
@@ -184,6 +197,8 @@ function M.run(calls, opts)
     return item
   end
 
+  local complete -- start finishes a call that did not go through the multi handle at once
+
   local function start(item, now)
     local c = item.client
     item.attempt = item.attempt + 1
@@ -204,12 +219,17 @@ function M.run(calls, opts)
     req.signed = nil
     limit:take(c, now)
     item.req = req
-    local slot = multi:submit(req)
+    local session = curl.session_of(c.transport)
+    if not session then -- the client's own transport (nginx's, or one of the caller's): in turn
+      local res, err = c.transport:request(req)
+      return complete(item, res, err)
+    end
+    local slot = multi:submit(req, session)
     inflight[slot] = item
     active = active + 1
   end
 
-  local function complete(item, res, err)
+  function complete(item, res, err)
     local c = item.client
     local req = item.req
     item.req = nil

@@ -170,6 +170,17 @@ M.COMMON_OPTIONS = {
   on_request = true, on_response = true, debug = true,
 }
 
+-- A number of seconds an option may hold: finite (NaN and infinities fail), above 0 (or 0 when
+-- zero_ok), at most 1e6 (eleven days).
+function M.seconds(v, zero_ok)
+  return type(v) == "number" and (v > 0 or (zero_ok and v == 0)) and v <= 1e6
+end
+
+-- A whole number from lo to hi (NaN and infinities fail).
+function M.whole(v, lo, hi)
+  return type(v) == "number" and v >= lo and v <= hi and v == math.floor(v)
+end
+
 -- fields: required (option names of non-empty strings, kept on the client), secret (the option
 -- holding the secret, kept off it), base_url (the default), options (the platform's own option
 -- names). Any other option is a typo and raises, as an unknown parameter does.
@@ -205,16 +216,22 @@ function M.new(Class, opts, fields)
     fail(platform, "option 'base_url' must be an http:// or https:// URL", 3)
   end
   self.base_url = base:gsub("/+$", "")
-  for _, name in ipairs({ "timeout", "connect_timeout" }) do
+  for _, name in ipairs({ "timeout", "connect_timeout", "keepalive_timeout" }) do
     local v = opts[name]
-    if v ~= nil and (type(v) ~= "number" or v <= 0) then
-      fail(platform, "option '" .. name .. "' must be a positive number of seconds", 3)
+    if v ~= nil and not M.seconds(v) then
+      fail(platform, "option '" .. name .. "' must be a positive number of seconds, at most 1e6", 3)
     end
   end
   self.timeout = opts.timeout or 15
   local attempts = opts.max_attempts
-  if attempts ~= nil and (type(attempts) ~= "number" or attempts < 1 or attempts ~= math.floor(attempts)) then
-    fail(platform, "option 'max_attempts' must be a positive integer", 3)
+  if attempts ~= nil and not M.whole(attempts, 1, 1000) then
+    fail(platform, "option 'max_attempts' must be a whole number from 1 to 1000", 3)
+  end
+  if opts.max_body ~= nil and not M.whole(opts.max_body, 1, 2 ^ 53) then
+    fail(platform, "option 'max_body' must be a positive whole number of bytes", 3)
+  end
+  if opts.keepalive_pool ~= nil and not M.whole(opts.keepalive_pool, 1, 1e6) then
+    fail(platform, "option 'keepalive_pool' must be a positive whole number", 3)
   end
   self.max_attempts = attempts or 1
   for _, name in ipairs({ "on_request", "on_response", "clock" }) do

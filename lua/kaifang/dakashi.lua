@@ -189,7 +189,7 @@ M.ACTIONS = { [1] = "recharge", [2] = "switch" }
 -- known documentation, so this checks shape only: a JSON object whose action_type is 1
 -- (recharge) or 2 (on/off). The callback comes back with whole numbers as integers and
 -- `action` set to "recharge" or "switch".
-function M.parse_callback(body)
+local function parse_callback(body)
   local doc = body
   if type(body) == "string" then doc = client.json_decode(body) end
   if type(doc) ~= "table" then
@@ -204,6 +204,14 @@ function M.parse_callback(body)
   doc.action_type = tointeger(tonumber(doc.action_type))
   doc.action = action
   return doc
+end
+
+-- Whatever the sender put in it, nil, err: never an error.
+function M.parse_callback(body)
+  local ok, doc, err = pcall(parse_callback, body)
+  if ok then return doc, err end
+  return nil, errors.new{ platform = "dakashi", kind = "decode",
+                          message = "callback unreadable (" .. (type(doc) == "string" and doc or type(doc)) .. ")" }
 end
 
 return M

@@ -152,11 +152,12 @@ end
 -- sorted non-empty fields (without sign, sign_type, key, developer_key) with the developer key
 -- appended. A JSON body with the same fields is accepted too.
 -- -> the fields (text) | nil, err (kind "signature", "stale" or "decode")
-function M.verify_lingdian(ld, body, opts)
-  opts = opts or {}
-  local function refuse(kind, code, message)
-    return nil, errors.new{ platform = "lingdian", kind = kind, code = code, message = message }
-  end
+local function refuse_lingdian(kind, code, message)
+  return nil, errors.new{ platform = "lingdian", kind = kind, code = code, message = message }
+end
+
+local function verify_lingdian(ld, body, opts)
+  local refuse = refuse_lingdian
   local fields
   if type(body) == "table" then
     fields = body
@@ -189,6 +190,16 @@ function M.verify_lingdian(ld, body, opts)
       math.floor(math.abs(skew) + 0.5), window))
   end
   return params
+end
+
+-- Whatever the sender put in the body, nil, err: never an error.
+function M.verify_lingdian(ld, body, opts)
+  opts = opts or {}
+  if type(ld) ~= "table" or type(ld.developer_code) ~= "string" then error("kaifang.ngx: verify_lingdian expects a Lingdian client", 2) end
+  if type(opts) ~= "table" then error("kaifang.ngx: verify_lingdian's options must be a table", 2) end
+  local ok, params, err = pcall(verify_lingdian, ld, body, opts)
+  if ok then return params, err end
+  return refuse_lingdian("decode", nil, "callback unreadable (" .. (type(params) == "string" and params or type(params)) .. ")")
 end
 
 -- kind -> function(client, request, opts) -> callback, dedupe_key | nil, err

@@ -52,7 +52,9 @@ function M.argument_checks(prefix)
     end,
     function(ttl, level, required)
       if ttl == nil and not required then return end
-      if type(ttl) ~= "number" or ttl <= 0 then fail("the ttl must be a positive number of seconds", level + 1) end
+      if type(ttl) ~= "number" or not (ttl > 0 and ttl <= 1e9) then -- NaN fails
+        fail("the ttl must be a positive number of seconds, at most 1e9", level + 1)
+      end
     end,
     function(owner, level)
       if type(owner) ~= "string" or owner == "" then fail("the lock owner must be a non-empty string", level + 1) end
@@ -164,7 +166,9 @@ function M.file(path, opts)
   if type(opts) ~= "table" then fail("file's options must be a table", 2) end
   if opts.clock ~= nil and type(opts.clock) ~= "function" then fail("option 'clock' must be a function", 2) end
   local wait = opts.lock_timeout
-  if wait ~= nil and (type(wait) ~= "number" or wait <= 0) then fail("option 'lock_timeout' must be a positive number", 2) end
+  if wait ~= nil and (type(wait) ~= "number" or not (wait > 0 and wait <= 1e6)) then -- NaN fails
+    fail("option 'lock_timeout' must be a positive number of seconds, at most 1e6", 2)
+  end
   return setmetatable({ path = path, lock_path = path .. ".lock", lock_timeout = wait or 10, now = opts.clock or core.now }, File)
 end
 

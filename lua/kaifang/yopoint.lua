@@ -189,7 +189,7 @@ function M.new(opts)
     fail("option 'sign_key' must be a non-empty string", 2)
   end
   local window = o.notify_window or 300
-  if type(window) ~= "number" or window <= 0 then fail("option 'notify_window' must be a positive number of seconds", 2) end
+  if not client.seconds(window) then fail("option 'notify_window' must be a positive number of seconds, at most 1e6", 2) end
   if o.version ~= nil and (type(o.version) ~= "string" or o.version == "") then
     fail("option 'version' must be a non-empty string", 2)
   end
@@ -376,31 +376,42 @@ local function fields_of(input)
   return t
 end
 
--- The values a notice carries, as text (cjson numbers as the platform wrote them).
+-- The values a notice carries, as text (cjson numbers as the platform wrote them); nil, why for
+-- anything else.
 local function as_text(v)
   if type(v) == "string" then return v end
   if type(v) == "number" then
+    if v ~= v or v == math.huge or v == -math.huge then return nil, "not a finite number" end
     local i = tointeger(v)
     if i then return string.format("%d", i) end
     return encode_number(v)
   end
-  return nil
+  return nil, "a " .. type(v) .. ", not text"
+end
+
+-- The fields of a notice as text, or nil, message. Raises on nothing it is given that it can
+-- catch: an unauthenticated sender picks what is in it.
+local function read_fields(input)
+  local raw, msg = fields_of(input)
+  if not raw then return nil, msg end
+  local fields = {}
+  for k, v in pairs(raw) do
+    if type(k) ~= "string" then return nil, "non-string field name" end
+    local text, why = as_text(v)
+    if not text then return nil, "field '" .. k .. "' is " .. why end
+    fields[k] = text
+  end
+  return fields
 end
 
 -- Checks a notice signed in the Yopoint scheme with `key`; returns the fields (as text) or nil, err.
 local function verify_signed(self, input, key, what, opts)
-  local raw, msg = fields_of(input)
-  if not raw then
+  local window = (opts and opts.window) or self.notify_window
+  if not client.seconds(window) then fail(what .. ": option 'window' must be a positive number of seconds, at most 1e6", 3) end
+  local ok, fields, msg = pcall(read_fields, input)
+  if not ok or not fields then
+    msg = ok and msg or ("unreadable (" .. (type(fields) == "string" and fields or type(fields)) .. ")")
     return nil, self:error{ kind = "decode", message = what .. ": " .. msg }
-  end
-  local fields = {}
-  for k, v in pairs(raw) do
-    if type(k) ~= "string" then return nil, self:error{ kind = "decode", message = what .. ": non-string field name" } end
-    local text = as_text(v)
-    if not text then
-      return nil, self:error{ kind = "decode", message = what .. ": field '" .. k .. "' is a " .. type(v) .. ", not text" }
-    end
-    fields[k] = text
   end
   local got = fields.sign
   if got == nil or got == "" then
@@ -417,7 +428,6 @@ local function verify_signed(self, input, key, what, opts)
     return nil, self:error{ kind = "stale", code = "no_timestamp", message = what .. " carries no usable timestamp" }
   end
   if ts > 1e11 then ts = ts / 1000 end
-  local window = (opts and opts.window) or self.notify_window
   local skew = self.clock() - ts
   if math.abs(skew) > window then
     return nil, self:error{

@@ -121,13 +121,13 @@ function M.new(opts)
   self.token_store = ts
 
   local ahead = opts.refresh_ahead
-  if ahead ~= nil and (type(ahead) ~= "number" or ahead < 0) then opt_fail("option 'refresh_ahead' must be a number of seconds >= 0") end
+  if ahead ~= nil and not client.seconds(ahead, true) then opt_fail("option 'refresh_ahead' must be a number of seconds from 0 to 1e6") end
   self.refresh_ahead = ahead or 300
 
   -- how long the refresher may hold the lock (its token request at most), and how long the others wait
   self.lock_ttl = self.timeout + 5
   local wait = opts.token_wait
-  if wait ~= nil and (type(wait) ~= "number" or wait <= 0) then opt_fail("option 'token_wait' must be a positive number of seconds") end
+  if wait ~= nil and not client.seconds(wait) then opt_fail("option 'token_wait' must be a positive number of seconds, at most 1e6") end
   self.token_wait = wait or (self.lock_ttl + self.timeout + 1)
 
   if opts.scope ~= nil and (type(opts.scope) ~= "string" or opts.scope == "") then opt_fail("option 'scope' must be a non-empty string") end

@@ -25,6 +25,11 @@ function M.new(opts)
   }, Transport)
 end
 
+-- The core.http session of a libcurl transport (its settings, for a batch), or nil for any other.
+function M.session_of(t)
+  return getmetatable(t) == Transport and t.session or nil
+end
+
 function Transport:request(req)
   assert_may_block("kaifang.transport.curl", 2) -- inside nginx, a clear error instead of a frozen worker
   local res, err = self.session:request(req)
