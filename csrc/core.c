@@ -202,9 +202,17 @@ static int push_digest(lua_State *L, const unsigned char *raw, int len, int fmt_
   return 1;
 }
 
+/* A name or path that C reads up to its first NUL: one with a NUL inside would mean another. */
+static const char *check_cstring(lua_State *L, int idx) {
+  size_t len;
+  const char *s = luaL_checklstring(L, idx, &len);
+  if (memchr(s, '\0', len)) luaL_argerror(L, idx, "contains a NUL byte");
+  return s;
+}
+
 static int l_digest(lua_State *L) {
   size_t len;
-  const char *alg = luaL_checkstring(L, 1), *data = luaL_checklstring(L, 2, &len);
+  const char *alg = check_cstring(L, 1), *data = luaL_checklstring(L, 2, &len);
   unsigned char out[KF_MAX_DIGEST];
   char err[KF_ERRLEN];
   int n = kf_digest(alg, 0, NULL, 0, data, len, out, err);
@@ -214,7 +222,7 @@ static int l_digest(lua_State *L) {
 
 static int l_hmac(lua_State *L) {
   size_t klen, len;
-  const char *alg = luaL_checkstring(L, 1), *key = luaL_checklstring(L, 2, &klen);
+  const char *alg = check_cstring(L, 1), *key = luaL_checklstring(L, 2, &klen);
   const char *data = luaL_checklstring(L, 3, &len);
   unsigned char out[KF_MAX_DIGEST];
   char err[KF_ERRLEN];
@@ -598,7 +606,8 @@ static void prepare_request(lua_State *L, kf_http *h, int idx) {
   url = lua_tolstring(L, -1, &len);
   if (memchr(url, '\0', len)) luaL_error(L, "kaifang.http: the url contains a NUL byte");
   lua_getfield(L, idx, "body");
-  body = luaL_optlstring(L, -1, NULL, &bodylen);
+  if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "kaifang.http: 'body' must be a string");
+  body = lua_tolstring(L, -1, &bodylen);
   timeout_ms = opt_ms(L, idx, "timeout", 0);
   lua_getfield(L, idx, "headers");
   if (h->req_headers) { /* left over from a request whose header building raised */
@@ -607,7 +616,7 @@ static void prepare_request(lua_State *L, kf_http *h, int idx) {
   }
   if (!lua_isnil(L, -1)) {
     int t = lua_gettop(L);
-    luaL_checktype(L, t, LUA_TTABLE);
+    if (!lua_istable(L, t)) luaL_error(L, "kaifang.http: 'headers' must be a table");
     lua_pushnil(L);
     while (lua_next(L, t)) {
       size_t nlen, vlen;
@@ -801,7 +810,7 @@ static pinset *pinset_of(lua_State *L) {
 /* core.pin_dir(path) -> fd | nil, err: the directory held open for as long as this state lives;
  * the same directory (by device and inode) is held once. */
 static int l_pin_dir(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
+  const char *path = check_cstring(L, 1);
 #ifdef __linux__
   struct stat st;
   pinset *set = pinset_of(L);

@@ -306,9 +306,17 @@ static int push_error(lua_State *L, const char *kind, const char *message) {
   return 2;
 }
 
+/* A path argument: a C string, so one with a NUL byte (which would name another file) is refused. */
+static const char *check_path(lua_State *L, int idx) {
+  size_t len;
+  const char *path = luaL_checklstring(L, idx, &len);
+  if (memchr(path, '\0', len)) luaL_argerror(L, idx, "a path with a NUL byte");
+  return path;
+}
+
 /* core.file_read(path) -> content | nil (no such file) | nil, err */
 static int l_file_read(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
+  const char *path = check_path(L, 1);
   char err[512];
   int attempt;
   for (attempt = 0; attempt < 3; attempt++) {
@@ -345,7 +353,7 @@ static int l_file_read(lua_State *L) {
 /* core.file_write(path, data) -> true | nil, err */
 static int l_file_write(lua_State *L) {
   size_t len;
-  const char *path = luaL_checkstring(L, 1), *data = luaL_checklstring(L, 2, &len);
+  const char *path = check_path(L, 1), *data = luaL_checklstring(L, 2, &len);
   char err[512];
   if (kf_file_write(path, data, len, err, sizeof err) != 0) return push_error(L, "io", err);
   lua_pushboolean(L, 1);
@@ -367,7 +375,7 @@ static int file_lock_release(lua_State *L) {
 
 /* core.file_lock(path [, timeout = 10]) -> lock | nil, err ; lock:unlock() (also __gc, __close) */
 static int l_file_lock(lua_State *L) {
-  const char *path = luaL_checkstring(L, 1);
+  const char *path = check_path(L, 1);
   double timeout = (double)luaL_optnumber(L, 2, 10);
   char err[512];
   luaL_argcheck(L, timeout >= 0 && timeout <= 1e6, 2, "a number of seconds from 0 to 1e6"); /* NaN fails */

@@ -24,6 +24,9 @@ end
 -- suffix makes the parameter required (and a required text non-empty).
 local function check_value(kind, value)
   local t = type(value)
+  if t == "number" and (value ~= value or value == math.huge or value == -math.huge) then
+    return false -- NaN and infinities: no platform can receive them
+  end
   if kind == "text" then
     return t == "string" or t == "number"
   elseif kind == "integer" then
@@ -85,8 +88,8 @@ function M.check_args(spec, args)
     if value == nil or (required and value == "") then
       if required then return "missing required parameter '" .. name .. "'" end
     elseif not check_value(kind, value) then
-      return "parameter '" .. name .. "' must be " .. (kind == "text" and "a string or a number" or
-        kind == "integer" and "an integer" or "a " .. kind) .. ", got " .. type(value)
+      return "parameter '" .. name .. "' must be " .. (kind == "text" and "a string or a finite number" or
+        kind == "integer" and "an integer" or "a " .. kind) .. ", got " .. (type(value) == "number" and tostring(value) or type(value))
     end
   end
 end

@@ -35,7 +35,11 @@ for name in pairs(M.schemes) do
     if type(secret) ~= "string" or secret == "" then
       error("kaifang.sign." .. name .. ": the secret must be a non-empty string", 2)
     end
-    return M.signer(name):sign(params, secret)
+    -- what the C signer refuses (a key that is not a string, a value that is not text) is the
+    -- caller's mistake: raised at the caller's line, not at this one
+    local ok, sig, sts = pcall(M.signer(name).sign, M.signer(name), params, secret)
+    if not ok then error((tostring(sig):gsub("^[^:]*:%d+: ", "")), 2) end
+    return sig, sts
   end
 end
 
@@ -43,6 +47,8 @@ end
 -- appended last, so that place is masked; a value that happens to contain the same text is the
 -- caller's data and stays as it is.
 function M.mask(string_to_sign, secret)
+  if type(string_to_sign) ~= "string" then error("kaifang.sign.mask: the string-to-sign must be a string", 2) end
+  if secret ~= nil and type(secret) ~= "string" then error("kaifang.sign.mask: the secret must be a string", 2) end
   if not secret or secret == "" or string_to_sign:sub(-#secret) ~= secret then return string_to_sign end
   return string_to_sign:sub(1, -#secret - 1) .. "<secret>"
 end
