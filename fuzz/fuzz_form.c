@@ -3,18 +3,17 @@
 #define FUZZ_WITH_LUA
 #include "common.h"
 
+#include <ctype.h>
+
 static size_t ref_encode(const char *s, size_t len, char *out) {
-  static const char hex[] = "0123456789ABCDEF";
   size_t i, n = 0;
   for (i = 0; i < len; i++) {
     unsigned char c = (unsigned char)s[i];
-    if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
-        c == '_' || c == '~') {
-      out[n++] = (char)c;
-    } else {
+    if (c && (isalnum(c) && c < 128 ? 1 : strchr("-._~", c) != NULL)) out[n++] = (char)c;
+    else {
       out[n++] = '%';
-      out[n++] = hex[c >> 4];
-      out[n++] = hex[c & 15];
+      out[n++] = "0123456789ABCDEF"[c / 16];
+      out[n++] = "0123456789ABCDEF"[c % 16];
     }
   }
   return n;

@@ -5,19 +5,14 @@ local httpd = require "kaifang.sandbox.httpd"
 local kaifang = require "kaifang"
 local redis = require "spec.helpers.redis"
 local shell = require "spec.helpers.shell"
+local spawn = require "spec.helpers.spawn"
 local socket = require "socket"
 
 local q = shell.q
 
--- Runs a Lua chunk in a child lua5.4 with this process's module paths, stopped after `limit`
--- seconds; returns its output and exit status (124: it had to be stopped).
+-- Runs a Lua chunk in a child; returns its output and exit status (124: stopped at the limit).
 local function child(chunk, limit)
-  local setup = ("package.path=%q package.cpath=%q "):format(package.path, package.cpath)
-  local p = assert(io.popen(("timeout %d lua5.4 -e %s 2>&1; echo \"exit $?\""):format(limit or 10, q(setup .. chunk))))
-  local out = p:read("a")
-  p:close()
-  local status = tonumber(out:match("exit (%d+)%s*$"))
-  return out:gsub("exit %d+%s*$", ""), status
+  return spawn.chunk(chunk, { limit = limit or 10 }).read()
 end
 
 -- A server that takes requests and never answers them (its Lua side is this process).

@@ -5,24 +5,15 @@
 local core = require "kaifang.core"
 local httpd = require "kaifang.sandbox.httpd"
 local shell = require "spec.helpers.shell"
+local spawn = require "spec.helpers.spawn"
 local socket = require "socket"
 
 local q = shell.q
 
-local function free_port()
-  local srv = assert(httpd.listen{ host = "127.0.0.1", port = 0 })
-  local port = srv:port()
-  srv:close()
-  return port
-end
+local free_port = require("spec.helpers.redis").free_port
 
--- Starts a child lua5.4 with this process's module paths and extra environment; read() waits
--- for it and returns its output. It runs while this process serves it.
-local function child(env, chunk)
-  local setup = ("package.path=%q package.cpath=%q "):format(package.path, package.cpath)
-  local p = assert(io.popen(("%s timeout 20 lua5.4 -e %s 2>&1"):format(env, q(setup .. chunk))))
-  return { read = function() local out = p:read("a"); p:close(); return out end }
-end
+-- A child lua5.4 with extra environment, started at once; read() waits for its output.
+local function child(env, chunk) return spawn.chunk(chunk, { env = env }) end
 
 describe("TLS", function()
   local dir, port, server

@@ -23,6 +23,24 @@ function M.spawn(script, ...)
   }
 end
 
+-- chunk(code, { env = "NAME=value ...", limit = seconds (20) }) runs a chunk of Lua in a child
+-- the same way, started at once -> { read = fn() -> output (stdout and stderr), exit status }.
+-- The status is 124 when the child had to be stopped at the limit, 139 after a segfault.
+function M.chunk(code, opts)
+  opts = opts or {}
+  local setup = ("package.path=%q package.cpath=%q "):format(package.path, package.cpath)
+  local fh = assert(io.popen(("%s timeout %d %s -e %s 2>&1; echo \"exit $?\""):format(opts.env or "", opts.limit or 20,
+    quote(M.lua), quote(setup .. code)), "r"))
+  return {
+    read = function()
+      local out = fh:read("a")
+      fh:close()
+      local status = tonumber(out:match("exit (%d+)%s*$"))
+      return (out:gsub("exit %d+%s*$", "")), status
+    end,
+  }
+end
+
 -- The directory of the helpers, for spawn's script argument.
 M.dir = debug.getinfo(1, "S").source:match("^@(.*/)") or "./"
 
