@@ -20,8 +20,8 @@ CORE_SO   := $(OUT)/kaifang/core.so
 HTTPD_SO  := $(OUT)/kaifang/sandbox/httpd.so
 
 DEBIAN_PACKAGES := lua5.4 liblua5.4-dev libcurl4-openssl-dev libssl-dev lua-cjson lua-busted \
-                   lua-argparse lua-readline libmicrohttpd-dev pkg-config gcc clang luarocks \
-                   redis-server libhiredis-dev \
+                   lua-argparse lua-readline lua-socket libmicrohttpd-dev pkg-config gcc clang luarocks \
+                   redis-server libhiredis-dev libclang-rt-14-dev openssl \
                    nginx-light libnginx-mod-http-lua libluajit2-5.1-dev luajit2
 
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;
