@@ -69,18 +69,22 @@ spec: all luajit
 	$(BUSTED)
 
 # The whole spec suite again with both C modules built with gcc's AddressSanitizer and
-# UndefinedBehaviorSanitizer (build/asan). lua5.4 itself is not instrumented, so the runtimes are
-# preloaded; child processes (lua5.4, redis-server, nginx) inherit them. Any report, from any
-# process, is a file in build/asan-logs and fails the target. Leak detection stays off: libcurl's
-# curl_version() sets up libldap once and never frees it, and lua5.4 leaves its state to exit().
+# UndefinedBehaviorSanitizer: for lua5.4 in build/asan, for LuaJIT (what nginx loads) in
+# build/asan-luajit. lua5.4, luajit and nginx are not instrumented, so the runtimes are preloaded;
+# child processes (lua5.4, luajit, nginx and its workers, redis-server) inherit them. Any report,
+# from any process, is a file in build/asan-logs and fails the target. Leak detection stays off:
+# libcurl's curl_version() sets up libldap once and never frees it, and lua5.4 leaves its state to
+# exit().
 ASAN_CFLAGS := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer
 ASAN_LOGS   := $(CURDIR)/build/asan-logs
 ASAN_ENV     = LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
                ASAN_OPTIONS=detect_leaks=0:verify_asan_link_order=0:log_path=$(ASAN_LOGS)/asan \
-               UBSAN_OPTIONS=print_stacktrace=1:log_path=$(ASAN_LOGS)/ubsan KAIFANG_ASAN=1 \
+               UBSAN_OPTIONS=print_stacktrace=1:log_path=$(ASAN_LOGS)/ubsan KAIFANG_LUAJIT_BUILD=build/asan-luajit \
                LUA_CPATH="$(CURDIR)/build/asan/?.so;;"
-asan: luajit
+asan:
 	$(MAKE) --no-print-directory CC=gcc CFLAGS="$(ASAN_CFLAGS)" OUT=build/asan all
+	$(MAKE) --no-print-directory CC=gcc CFLAGS="$(ASAN_CFLAGS)" OUT=build/asan-luajit \
+	  LUA_CFLAGS="$$(pkg-config --cflags luajit 2>/dev/null || echo -I/usr/include/luajit-2.1)" all
 	@rm -rf $(ASAN_LOGS) && mkdir -p $(ASAN_LOGS)
 	$(ASAN_ENV) $(BUSTED) --cpath="build/asan/?.so"; status=$$?; \
 	if ls $(ASAN_LOGS)/* >/dev/null 2>&1; then cat $(ASAN_LOGS)/* | head -200; echo "sanitizer reports: see $(ASAN_LOGS)"; exit 1; fi; \

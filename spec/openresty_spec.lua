@@ -122,7 +122,7 @@ local FORM = { ["Content-Type"] = "application/x-www-form-urlencoded" }
 describe("kaifang on LuaJIT", function()
   local function luajit(chunk)
     local cmd = "LUA_PATH=" .. q(harness.ROOT .. "/lua/?.lua;" .. harness.ROOT .. "/lua/?/init.lua;;")
-      .. " LUA_CPATH=" .. q(harness.ROOT .. "/build/luajit/?.so;;") .. " luajit -e " .. q(chunk) .. " 2>&1"
+      .. " LUA_CPATH=" .. q(harness.LUAJIT .. "/?.so;;") .. " luajit -e " .. q(chunk) .. " 2>&1"
     local p = io.popen(cmd)
     local out = p:read("*a")
     local ok = p:close()
@@ -131,8 +131,8 @@ describe("kaifang on LuaJIT", function()
 
   it("is installed, with the core built against it (make luajit)", function()
     assert.is_true(os.execute("command -v luajit >/dev/null") == true, "luajit is missing: make deps installs luajit2")
-    local f = io.open(harness.ROOT .. "/build/luajit/kaifang/core.so")
-    assert.is_truthy(f, "build/luajit/kaifang/core.so is missing: run make luajit")
+    local f = io.open(harness.LUAJIT .. "/kaifang/core.so")
+    assert.is_truthy(f, harness.LUAJIT .. "/kaifang/core.so is missing: run make luajit")
     f:close()
   end)
 

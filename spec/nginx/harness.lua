@@ -39,6 +39,10 @@ M.ROOT = (function()
   return d
 end)()
 
+-- The C modules built against LuaJIT's headers: build/luajit, or the ones `make asan` builds with
+-- the sanitizers (it sets KAIFANG_LUAJIT_BUILD), which nginx then loads in their place.
+M.LUAJIT = M.ROOT .. "/" .. (os.getenv("KAIFANG_LUAJIT_BUILD") or "build/luajit")
+
 -- The nginx binary and the load_module lines its lua module needs, or nil and why not.
 function M.find()
   local nginx
@@ -103,8 +107,8 @@ M.alive = alive
 function M.start(opts)
   local nginx, modules = M.find()
   if not nginx then error(modules, 2) end
-  if not sh("test -r " .. q(M.ROOT .. "/build/luajit/kaifang/core.so")) then
-    error("build/luajit/kaifang/core.so is missing: run `make luajit`", 2)
+  if not sh("test -r " .. q(M.LUAJIT .. "/kaifang/core.so")) then
+    error(M.LUAJIT .. "/kaifang/core.so is missing: run `make luajit`", 2)
   end
   local _, prefix = sh("mktemp -d /tmp/kaifang-nginx.XXXXXX")
   prefix = prefix:gsub("%s+$", "")
@@ -113,7 +117,7 @@ function M.start(opts)
   local port = M.free_port()
   local is_root = sh("test \"$(id -u)\" = 0")
   local subst = {
-    MODULES = modules, PREFIX = prefix, ROOT = M.ROOT, PORT = tostring(port),
+    MODULES = modules, PREFIX = prefix, ROOT = M.ROOT, LUAJIT = M.LUAJIT, PORT = tostring(port),
     WORKERS = tostring(opts.workers or 1), USER = is_root and "user root;" or "",
   }
   for k, v in pairs(opts.extra or {}) do subst[k] = v end
@@ -150,10 +154,10 @@ function M.start_example(env, opts)
   local code
   if private then
     code = "chmod 700 " .. q(root) .. " && mkdir -p " .. q(root .. "/build") .. " && cp -r " .. q(M.ROOT .. "/lua") .. " "
-      .. q(root .. "/lua") .. " && cp -r " .. q(M.ROOT .. "/build/luajit") .. " " .. q(root .. "/build/luajit")
+      .. q(root .. "/lua") .. " && cp -r " .. q(M.LUAJIT) .. " " .. q(root .. "/build/luajit")
   else
-    code = "chmod 755 " .. q(root) .. " && ln -s " .. q(M.ROOT .. "/lua") .. " " .. q(root .. "/lua") .. " && ln -s "
-      .. q(M.ROOT .. "/build") .. " " .. q(root .. "/build")
+    code = "chmod 755 " .. q(root) .. " && ln -s " .. q(M.ROOT .. "/lua") .. " " .. q(root .. "/lua") .. " && mkdir "
+      .. q(root .. "/build") .. " && ln -s " .. q(M.LUAJIT) .. " " .. q(root .. "/build/luajit")
   end
   assert(sh(code .. " && mkdir -p " .. q(root .. "/examples") .. " && cp -r " .. q(M.ROOT .. "/examples/openresty")
     .. " " .. q(root .. "/examples/") .. " && rm -rf " .. q(root .. "/examples/openresty/logs") .. " "
