@@ -48,7 +48,7 @@ static int serve_one(lua_State *L) {
       "assert(#r.body <= 4096, 'a body past max_body reached Lua') "
       "assert(r.method ~= '' and r.uri ~= nil and type(r.headers) == 'table') "
       "for k, v in pairs(r.headers) do assert(k == k:lower(), 'header name not lower-cased') end "
-      "assert(srv:respond(r.id, 200, { ['X-Method'] = r.method:gsub('[^%w]', '') }, r.path .. '\\n' .. r.body)) "
+      "assert(srv:respond(r.id, 200, { ['X-Method'] = 'm' .. r.method:gsub('[^%w]', '') }, r.path .. '\\n' .. r.body)) "
       "return true";
   int answered;
   FUZZ_CHECK(luaL_dostring(L, chunk) == 0, "%s", lua_tostring(L, -1));
