@@ -12,15 +12,16 @@
 #define KF_FILE_MAX (256 * 1024) /* a store file is a few hundred bytes; more is a mistake */
 
 /* Reads the whole file into buf (cap bytes). Returns its length, -1 when it does not exist, -2
- * on an error (err set), -3 when it is larger than cap. */
+ * on an error (err set), -3 when it is larger than cap. A file that is a symbolic link, not a
+ * regular file, not this user's own, or writable by others is an error, as for kf_file_lock. */
 long kf_file_read(const char *path, char *buf, size_t cap, char *err, size_t errlen);
 
 /* Replaces path atomically: a temporary file beside it (mode 0600), written, fsync'd, renamed over
  * path, and the directory fsync'd. Returns 0, or -1 with err set. */
 int kf_file_write(const char *path, const char *data, size_t len, char *err, size_t errlen);
 
-/* Opens (creating, mode 0600, close-on-exec) and exclusively flocks path, waiting at most
- * timeout seconds. Returns the descriptor; closing it releases the lock. -1 with err set on an
+/* Opens (creating, mode 0600, close-on-exec, not through a symbolic link) and exclusively flocks
+ * path, waiting at most timeout seconds. Returns the descriptor; closing it releases the lock. -1 with err set on an
  * error, -2 on a timeout. */
 int kf_file_lock(const char *path, double timeout, char *err, size_t errlen);
 
