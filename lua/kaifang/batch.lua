@@ -50,7 +50,7 @@ local function source(calls)
       item.err = argument_error(c, "call " .. i .. ": no such method '" .. tostring(name) .. "'")
       return item
     end
-    local msg = client.validate(ep, args) or client.check_call_opts(call_opts)
+    local msg = client.validate(ep, args, c) or client.check_call_opts(call_opts)
     if msg then
       item.err = argument_error(c, name .. ": " .. msg)
       return item

@@ -118,7 +118,7 @@ function M.define(platform, endpoints)
       if getmetatable(self) ~= Class then
         fail(platform, "call " .. name .. " as a method: client:" .. name .. "{...}", 2)
       end
-      local msg = M.validate(ep, args) or M.check_call_opts(call_opts)
+      local msg = M.validate(ep, args, self) or M.check_call_opts(call_opts)
       if msg then fail(platform, name .. ": " .. msg, 2) end
       return self:call_endpoint(ep, args or {}, call_opts)
     end
@@ -126,10 +126,11 @@ function M.define(platform, endpoints)
   return Class
 end
 
--- nil, or what is wrong with the arguments of a call to ep.
-function M.validate(ep, args)
+-- nil, or what is wrong with the arguments of a call to ep by client c (ep.check(args, c) may
+-- read the client's options).
+function M.validate(ep, args, c)
   local msg = ep.params and M.check_args(ep.params, args == nil and {} or args)
-  if not msg and ep.check then msg = ep.check(args) end
+  if not msg and ep.check then msg = ep.check(args, c) end
   return msg
 end
 

@@ -258,7 +258,9 @@ local function cmd_sandbox(args)
   if not args.port or args.port < 0 or args.port > 65535 or args.port % 1 ~= 0 then
     usage("--port must be a whole number 0..65535")
   end
-  local ok, err = pcall(sandbox.new, { config = settings }) -- a bad setting is the user's to fix
+  local strict -- nil: each platform's default (strict)
+  if args.strict == "false" then strict = false end
+  local ok, err = pcall(sandbox.new, { config = settings, strict = strict }) -- a bad setting is the user's to fix
   if not ok then usage(plain(err)) end
   local function announce(url)
     local demo = sandbox.demo()
@@ -284,7 +286,8 @@ local function cmd_sandbox(args)
     end
     io.stdout:flush()
   end
-  local served, e = pcall(sandbox.run, { host = args.host, port = args.port, config = settings, announce = announce })
+  local served, e = pcall(sandbox.run, { host = args.host, port = args.port, config = settings, strict = strict,
+                                         announce = announce })
   if not served then
     if interrupted(e) then error(e, 0) end
     stop(M.EXIT.failed, plain(e))
@@ -402,6 +405,9 @@ local function build_parser()
   sandbox:option("--port", "Port to listen on (0: any free port).", "8080"):convert(tonumber)
   sandbox:option("--host", "Address to listen on.", "127.0.0.1")
   sandbox:option("--config", "JSON with per-platform settings, e.g. '{\"lingdian\":{\"rate\":5}}'.")
+  sandbox:option("--strict", "false relaxes every platform's strict checks (replays refused, timestamps ahead, "
+    .. "documented formats and types), for replaying real traffic; --config can set one platform's.", "true")
+    :choices({ "true", "false" })
   sandbox:flag("--json", "Print the address and demo accounts as one line of JSON instead of a table.")
 
   -- argparse would print its usage and exit 1; a usage error here is one line and status 2
