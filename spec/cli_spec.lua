@@ -275,7 +275,7 @@ describe("kaifang (command line)", function()
       assert.matches("^http://127%.0%.0%.1:%d+$", info.url)
       local accounts = {}
       for _, p in ipairs(info.platforms) do accounts[p.platform] = p.account end
-      assert.are.same({ developer_code = "U2QHNB2w=", developer_key = KEY }, accounts.lingdian)
+      assert.are.same({ developer_code = "U2QHNB2w=", developer_key = KEY, developer_tel = "12345678910" }, accounts.lingdian)
       assert.are.equal("zafu-demo", accounts.zafu.client_id)
       assert.are.equal("930859529955", accounts.yopoint.appid)
       assert.are.equal("iotacc108b7305fhzljeux0", accounts.dakashi.client_id)

@@ -72,7 +72,7 @@ function Lingdian:build_request(ep, args)
   params.developer_code = self.developer_code
   if ep.developer_tel and (params.tel == nil or params.tel == "") then params.tel = self.developer_tel end
   params.type = ep.type
-  params.timestamp = math.floor(self.clock())
+  params.timestamp = math.floor(self.clock()) -- seconds (README: "What the documents leave open")
   local signed = client.sign(self, params)
   return {
     method = "POST",

@@ -1,6 +1,8 @@
 -- Lingdian Campus (零点校园) as its document describes it: four form-POST interfaces, MD5
 -- signatures, a timestamp window, a per-developer rate limit, and a small fixed world of users,
--- shops, buildings and IoT cards that the demo and the specs rely on.
+-- shops, buildings and IoT cards that the demo and the specs rely on. What the document leaves
+-- open (the window, which message for what, replays) is listed in the README's "What the
+-- documents leave open".
 local core = require "kaifang.core"
 local util = require "kaifang.sandbox.util"
 

@@ -142,7 +142,8 @@ end
 ---------------------------------------------------------------------------- replies
 
 -- Error codes and texts are the sandbox's own (the document shows only error_code != 0 and an
--- error_msg such as ERR_SYSTEM); the string codes follow the ones public integrations report.
+-- error_msg such as ERR_SYSTEM; README: "What the documents leave open"); the string codes
+-- follow the ones public integrations report.
 local E = {
   missing = 40001, appid = 40002, sign_type = 40003, version = 40004, sign = 40005, timestamp = 40006,
   frequent = 40007, method = 40008, biz = 40009, repeated = 40010,

@@ -207,8 +207,9 @@ local function token(self, req)
     .. ',"scope":"base_api","token_type":"Bearer"}')
 end
 
--- The caller's client, or nil and the refusal: 401 without a token, 403 invalid_grant for an
--- expired one or one that is not the latest issued.
+-- The caller's client, or nil and the refusal: 401 without a token (Spring Security's body: the
+-- document says only "401或403"; README: "What the documents leave open"), 403 invalid_grant for
+-- an expired one or one that is not the latest issued.
 function Instance:authorize(req)
   local t = query_of(req).access_token
   if blank(t) then
