@@ -305,6 +305,8 @@ describe("kaifang.dakashi against the sandbox", function()
     assert.is_true(p:close(), out)
     local sent = assert(sb:records("lingdian", "reminders"))
     assert.are.equal(2, #sent)
+    assert.are.equal(0, assert(sb:counters()).lingdian.duplicates) -- no reminder sent twice
+    assert.are.equal("12345678910", sent[1].params.tel) -- the developer's phone, not a card user's
     assert.are.equal("1410139903", sent[1].params.msisdn)
     assert.are.equal("8986112025305", sent[2].params.iccid)
   end)

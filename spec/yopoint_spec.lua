@@ -432,6 +432,7 @@ describe("kaifang.yopoint against the sandbox", function()
     os.remove(state)
     local entered = assert(sb:records("lingdian", "orders"))
     assert.are.equal(2, #entered)
+    assert.are.equal(0, assert(sb:counters()).lingdian.duplicates) -- no order entered twice
     assert.are.equal("U2TD844B2", entered[1].params.shop_code)
     assert.are.equal("U2SHOP001", entered[2].params.shop_code)
   end)
