@@ -66,6 +66,7 @@ build = {
     ["kaifang.sandbox.util"] = "lua/kaifang/sandbox/util.lua",
     ["kaifang.sandbox.timers"] = "lua/kaifang/sandbox/timers.lua",
     ["kaifang.sandbox.faults"] = "lua/kaifang/sandbox/faults.lua",
+    ["kaifang.sandbox.duplicates"] = "lua/kaifang/sandbox/duplicates.lua",
     ["kaifang.sandbox.lingdian"] = "lua/kaifang/sandbox/lingdian.lua",
     ["kaifang.sandbox.zafu"] = "lua/kaifang/sandbox/zafu.lua",
     ["kaifang.sandbox.yopoint"] = "lua/kaifang/sandbox/yopoint.lua",
