@@ -100,6 +100,7 @@ bench: deps
 	$(LUA) bench/sign.lua
 	$(LUA) bench/batch.lua
 	$(LUA) bench/memory.lua
+	$(LUA) bench/journal.lua
 
 # also what `luarocks make` leaves in the checkout
 clean:

@@ -17,7 +17,8 @@ local M = {}
 -- The schema, as the README documents it; `sqlite3 run.db 'select key, state from calls'`.
 M.SCHEMA = [[
 CREATE TABLE IF NOT EXISTS calls (
-  key        TEXT PRIMARY KEY,   -- the caller's key, or <platform>.<method>:<digest>
+  id         INTEGER PRIMARY KEY, -- in the order calls were first sent
+  key        TEXT NOT NULL UNIQUE, -- the caller's key, or <platform>.<method>:<digest>
   state      TEXT NOT NULL,      -- sending, ok, failed, maybe_sent
   platform   TEXT NOT NULL,      -- lingdian, zafu, yopoint, dakashi
   account    TEXT,               -- the client's developer_code, client_id or appid
@@ -29,7 +30,7 @@ CREATE TABLE IF NOT EXISTS calls (
   outcome    TEXT,               -- JSON: the reply (ok) or the error (failed, maybe_sent)
   sent_at    REAL,               -- unix time it became sending
   settled_at REAL                -- unix time it became final
-) WITHOUT ROWID;
+);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
 INSERT OR IGNORE INTO meta VALUES ('schema', '1');
 ]]
@@ -46,9 +47,9 @@ local SQL = {
   forget = "DELETE FROM calls WHERE key = ?1",
   counts = "SELECT state, count(*) AS n FROM calls GROUP BY state",
   all = "SELECT key, state, platform, account, method, args, acts, code, message, outcome, sent_at, settled_at "
-    .. "FROM calls ORDER BY sent_at, key",
+    .. "FROM calls ORDER BY id",
   by_state = "SELECT key, state, platform, account, method, args, acts, code, message, outcome, sent_at, settled_at "
-    .. "FROM calls WHERE state = ?1 ORDER BY sent_at, key",
+    .. "FROM calls WHERE state = ?1 ORDER BY id",
 }
 
 local Journal = {}
