@@ -167,6 +167,22 @@ describe("kaifang.batch with a journal", function()
       holder:close()
     end)
 
+    it("forgets a call that failed before it left (its rate's store was down), so that the next run sends it", function()
+      local j = journal.sqlite(dir .. "/unsent.db")
+      local down = setmetatable({ take = function()
+        return nil, require("kaifang.errors").new{ platform = "store", kind = "store", message = "down" }
+      end }, { __index = kaifang.store.memory() })
+      local limited = kaifang.lingdian.new{ developer_code = CODE, developer_key = KEY, base_url = sb.url, rate = 50,
+                                            rate_store = down }
+      local s = run({ { limited, "send_wechat_message", { tel = FOLLOWS, content = "u", link = LINK } } }, j)
+      assert.are.same({ 0, 1 }, { s.ok, s.failed })
+      assert.are.equal(0, j:report().total) -- not recorded: it never left
+      s = run({ notice("u") }, j)
+      assert.are.same({ 1, 0 }, { s.ok, s.skipped })
+      assert.are.same({ u = 1 }, delivered())
+      j:close()
+    end)
+
     it("raises on misuse at the caller's line", function()
       assert.has_error(function() journal.sqlite("") end, "kaifang.journal.sqlite: expects the path of the journal's database")
       assert.has_error(function() journal.sqlite(dir .. "/x.db", { sinc = "full" }) end)

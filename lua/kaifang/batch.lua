@@ -197,8 +197,9 @@ function M.run(calls, opts)
   local total = opts.total or (type(calls) == "table" and #calls or nil)
   local next_draw, pending, exhausted = 0, nil, false
 
-  local function finish(item, value, extra)
-    if item.claimed then return gate:settle(item, value, extra) end
+  -- unsent: it failed here before leaving (a journal then forgets it, for the next run to send)
+  local function finish(item, value, extra, unsent)
+    if item.claimed then return gate:settle(item, value, extra, unsent) end
     report(item, value, extra)
   end
 
@@ -230,7 +231,7 @@ function M.run(calls, opts)
     end
     local wait, err = item.client:reserve_turn()
     if not wait then
-      finish(item, nil, err)
+      finish(item, nil, err, true)
       return false
     end
     if wait <= 0 then return true end
@@ -266,7 +267,7 @@ function M.run(calls, opts)
     -- built just before it is sent: a fresh timestamp, and nothing built ahead of time
     local ok, req = pcall(c.build_request, c, item.ep, item.args)
     if not ok then
-      finish(item, nil, argument_error(c, tostring(req)))
+      finish(item, nil, argument_error(c, tostring(req)), true)
       return
     end
     req.timeout = req.timeout or c.timeout

@@ -86,7 +86,10 @@ end
 -- One journal step over what is settled and the window; reports what it settled.
 local function step(self, window, releases)
   local finals, written = {}, self.finals
-  for i, f in ipairs(written) do finals[i] = f.record end
+  releases = releases or {}
+  for _, f in ipairs(written) do
+    if f.record then finals[#finals + 1] = f.record else releases[#releases + 1] = f.item.key end
+  end
   self.finals = {}
   local entries = {}
   for i, item in ipairs(window) do entries[i] = entry(item) end
@@ -180,12 +183,17 @@ function Gate:next(pull, now)
   return item, item == nil and self.done and self.deferred[1] == nil
 end
 
--- A claimed call ended (value, or nil and err): written with the next step, reported then.
-function Gate:settle(item, value, err)
-  local state, outcome, code, message = journal.encode(value, err)
+-- A claimed call ended (value, or nil and err): written with the next step, reported then. One
+-- that failed before it left (unsent: a local failure, such as its rate's store) is released
+-- instead, so that the next run sends it.
+function Gate:settle(item, value, err, unsent)
   self.owned = self.owned - 1
-  self.finals[#self.finals + 1] = { item = item, value = value, err = err,
-    record = { key = item.key, state = state, outcome = outcome, code = code, message = message } }
+  local f = { item = item, value = value, err = err }
+  if not unsent then
+    local state, outcome, code, message = journal.encode(value, err)
+    f.record = { key = item.key, state = state, outcome = outcome, code = code, message = message }
+  end
+  self.finals[#self.finals + 1] = f
 end
 
 -- Writes (and reports) what is settled; claimed calls that never left are released, so that
