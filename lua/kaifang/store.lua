@@ -1,5 +1,6 @@
 -- kaifang.store: where a shared secret such as an access token lives, so that every process (or
--- machine) that needs it uses the same one instead of each fetching its own.
+-- machine) that needs it uses the same one instead of each fetching its own; and a rate that
+-- they all share.
 --
 --   kaifang.store.memory()                      one process (the default of the clients)
 --   kaifang.store.file(path [, opts])           the processes of one machine
