@@ -202,20 +202,13 @@ function Gate:flush(releases)
   if self.finals[1] or (releases and releases[1]) then step(self, {}, releases) end
 end
 
--- Stops claiming: the batch is stopping. items: the claimed calls it holds that never left.
+-- Stops claiming: the batch is stopping. items: the claimed calls it holds that never left; they
+-- and those claimed but not yet taken are released.
 function Gate:stop(items)
   self.stopped = true
+  for item in pop, self do items[#items + 1] = item end
   local keys = {}
   for _, item in ipairs(items) do
-    if item.key and self.leaders[item.key] == item then
-      keys[#keys + 1] = item.key
-      self.leaders[item.key] = nil
-      self.owned = self.owned - 1
-    end
-  end
-  while true do -- and those claimed but not yet taken
-    local item = pop(self)
-    if not item then break end
     if item.key and self.leaders[item.key] == item then
       keys[#keys + 1] = item.key
       self.leaders[item.key] = nil
