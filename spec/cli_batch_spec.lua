@@ -114,6 +114,11 @@ describe("kaifang batch", function()
     r = kaifang("batch lingdian send_wechat_message " .. q(csv), { KAIFANG_LINGDIAN_URL = sb.url })
     assert.are.equal(2, r.status)
     assert.matches("lingdian needs KAIFANG_LINGDIAN_CODE, KAIFANG_LINGDIAN_KEY", r.err)
+    local ok_csv = write("ok.csv", "tel,content,link\n13311112222,x,https://szai.0xiao.com/t\n")
+    r = kaifang("batch lingdian send_wechat_message " .. q(ok_csv) .. " --journal " .. q(scratch .. "/no/such/dir/j.db"), env)
+    assert.are.equal(4, r.status) -- a journal that cannot be opened
+    assert.matches("^kaifang%.journal%.sqlite: .*no/such/dir/j%.db", r.err)
+    assert.is_nil(r.err:find("traceback", 1, true))
     assert.are.same({}, delivered())
   end)
 

@@ -137,6 +137,32 @@ describe("kaifang.batch with a journal", function()
       for content, times in pairs(delivered()) do assert.are.equal(1, times, content) end
       j:close()
     end)
+
+    it("stops at once: the calls in flight are recorded as maybe_sent, and the next run sends only the rest", function()
+      local j = make()
+      -- answers come late, each after its own delay: the stop finds calls in flight
+      assert(sb:admin("POST", "/_sandbox/faults", { lingdian = { latency = { 0.05, 0.6 }, seed = n } }))
+      local calls = {}
+      for i = 1, 20 do calls[i] = notice("now" .. i) end
+      local asked = 0
+      local s1, out = run(calls, j, { concurrency = 4, stop = function()
+        asked = asked + 1
+        return asked > 3 and "now" or nil
+      end })
+      assert(sb:admin("POST", "/_sandbox/faults", { lingdian = {} }))
+      assert.is_true(s1.stopped)
+      assert.is_true(s1.maybe_sent > 0 and s1.maybe_sent <= 4, s1.maybe_sent .. " abandoned")
+      for _, o in pairs(out) do
+        if o.err then assert.are.equal("interrupted", o.err.kind) end
+      end
+      local r = j:report()
+      assert.are.same({ 0, s1.maybe_sent }, { r.sending, r.maybe_sent })
+      local s2 = run(calls, j)
+      assert.are.equal(20, s2.ok + s2.skipped)
+      assert.are.equal(s1.ok + s1.maybe_sent, s2.skipped)
+      for content, times in pairs(delivered()) do assert.are.equal(1, times, content) end
+      j:close()
+    end)
   end
 
   describe("kaifang.journal.sqlite", function()
