@@ -160,9 +160,12 @@ end
 
 ---------------------------------------------------------------------------- kaifang batch
 
--- Results as JSON Lines in row order: rows that end early wait for those before them.
+-- Results as JSON Lines in row order: rows that end early wait for those before them. Written
+-- beside path and put in its place by close(true), so that a run refused (another holds the
+-- journal) leaves the results of the one running alone.
 local function results_writer(path)
-  local f, err = io.open(path, "w")
+  local tmp = path .. ".tmp" .. core.random_hex(4)
+  local f, err = io.open(tmp, "w")
   if not f then error({ usage = "cannot write the results: " .. tostring(err) }, 0) end
   local pending, next_row = {}, 1
   local w = {}
@@ -174,12 +177,14 @@ local function results_writer(path)
       next_row = next_row + 1
     end
   end
-  function w.close() -- the rest, in order, with gaps where rows were not reached
+  function w.close(keep) -- the rest, in order, with gaps where rows were not reached
     local rows = {}
     for row in pairs(pending) do rows[#rows + 1] = row end
     table.sort(rows)
     for _, row in ipairs(rows) do f:write(pending[row], "\n") end
     f:close()
+    if keep then return os.rename(tmp, path) end
+    os.remove(tmp)
   end
   return w
 end
@@ -257,9 +262,14 @@ function M.run(args, ctx)
     end,
   })
   core.release_signals()
-  results.close()
+  local reported = tally.ok + tally.failed + tally.maybe_sent
+  results.close(ok and (reported > 0 or not summary.error))
   if j then j:close() end
   if not ok then error(summary, 0) end
+  if summary.error and reported == 0 then -- nothing ran: the journal could not be had
+    io.stderr:write("kaifang: ", tostring(summary.error), "\n")
+    return ctx.EXIT.transport
+  end
 
   local out = io.stdout
   out:write(("%d rows: %d ok, %d failed, %d maybe sent%s; results in %s%s\n"):format(total, tally.ok, tally.failed,
