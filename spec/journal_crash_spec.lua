@@ -126,4 +126,30 @@ describe("journal: a batch killed 20 times and resumed", function()
       KILLS * N, least, sum / KILLS, most, reached, sum, resumed_skips, kill_points[1], kill_points[#kill_points], late,
       seed, core.monotonic() - started))
   end)
+
+  it("costs a commit per window: the same batch with and without the journal (figures printed, bench/ measures)", function()
+    local kaifang = require "kaifang"
+    local ld = kaifang.lingdian.new{ developer_code = "U2QHNB2w=", developer_key = "744ed968e7e1a4aebafa6f4888fced68",
+                                     base_url = sb.url }
+    local rates = {}
+    for _, with in ipairs({ false, true }) do
+      assert(sb:reset("lingdian"))
+      local i, j = 0, with and journal.sqlite(dir .. "/overhead.db") or nil
+      local s = kaifang.batch(function()
+        i = i + 1
+        if i <= N then return { ld, "send_wechat_message", { tel = "13311112222", content = "o" .. i, link = "https://szai.0xiao.com/o" } } end
+      end, { concurrency = CONCURRENCY, journal = j })
+      assert.are.equal(N, s.ok)
+      assert.are.equal(N, #sb:records("lingdian", "messages"))
+      if j then
+        assert.are.equal(N, j:report().ok)
+        j:close()
+      end
+      rates[#rates + 1] = N / s.elapsed
+    end
+    ld:close()
+    print(("\n[journal headline] overhead: %d notices at concurrency %d, %.0f/s without a journal, %.0f/s with SQLite "
+      .. "(sync full): %.0f%% (one run on a shared machine; make bench compares best of three)"):format(N, CONCURRENCY,
+      rates[1], rates[2], 100 * rates[2] / rates[1]))
+  end)
 end)
