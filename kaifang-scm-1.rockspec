@@ -24,15 +24,17 @@ external_dependencies = {
   OPENSSL = { header = "openssl/evp.h", library = "crypto" },
   MICROHTTPD = { header = "microhttpd.h", library = "microhttpd" },
   HIREDIS = { header = "hiredis/hiredis.h", library = "hiredis" },
+  SQLITE = { header = "sqlite3.h", library = "sqlite3" },
 }
 build = {
   type = "builtin",
   modules = {
     ["kaifang.core"] = {
-      sources = { "csrc/core.c", "csrc/sign.c", "csrc/crypto.c", "csrc/http.c", "csrc/store.c" },
-      incdirs = { "csrc", "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)", "$(HIREDIS_INCDIR)" },
-      libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(HIREDIS_LIBDIR)" },
-      libraries = { "curl", "crypto", "hiredis" },
+      sources = { "csrc/core.c", "csrc/sign.c", "csrc/crypto.c", "csrc/http.c", "csrc/store.c", "csrc/sqlite.c",
+                  "csrc/signals.c" },
+      incdirs = { "csrc", "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)", "$(HIREDIS_INCDIR)", "$(SQLITE_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(HIREDIS_LIBDIR)", "$(SQLITE_LIBDIR)" },
+      libraries = { "curl", "crypto", "hiredis", "sqlite3" },
       defines = { "_POSIX_C_SOURCE=200809L" },
     },
     ["kaifang.sandbox.httpd"] = {
@@ -57,10 +59,15 @@ build = {
     ["kaifang.transport.ngx_thread"] = "lua/kaifang/transport/ngx_thread.lua",
     ["kaifang.transport.resty_http"] = "lua/kaifang/transport/resty_http.lua",
     ["kaifang.store.ngx_shared"] = "lua/kaifang/store/ngx_shared.lua",
+    ["kaifang.journal"] = "lua/kaifang/journal/init.lua",
+    ["kaifang.journal.gate"] = "lua/kaifang/journal/gate.lua",
+    ["kaifang.journal.sqlite"] = "lua/kaifang/journal/sqlite.lua",
+    ["kaifang.journal.redis"] = "lua/kaifang/journal/redis.lua",
     ["kaifang.ngx"] = "lua/kaifang/ngx.lua",
     ["kaifang.cli"] = "lua/kaifang/cli/init.lua",
     ["kaifang.cli.config"] = "lua/kaifang/cli/config.lua",
     ["kaifang.cli.format"] = "lua/kaifang/cli/format.lua",
+    ["kaifang.cli.batch"] = "lua/kaifang/cli/batch.lua",
     ["kaifang.cli.repl"] = "lua/kaifang/cli/repl.lua",
     ["kaifang.sandbox"] = "lua/kaifang/sandbox/init.lua",
     ["kaifang.sandbox.util"] = "lua/kaifang/sandbox/util.lua",

@@ -13,24 +13,7 @@ local scratch = shell.sh("mktemp -d"):gsub("%s+$", "")
 
 -- Runs `lua5.4 bin/kaifang <args>` with only PATH, HOME, the XDG directories, the module paths
 -- and `env` in its environment. -> { out =, err =, status = }
-local function kaifang(args, env, stdin)
-  local vars = {
-    PATH = os.getenv("PATH"), HOME = scratch, XDG_CONFIG_HOME = scratch .. "/config",
-    XDG_STATE_HOME = scratch .. "/state", LUA_PATH = os.getenv("LUA_PATH"), LUA_CPATH = os.getenv("LUA_CPATH"),
-  }
-  for k, v in pairs(env or {}) do vars[k] = v end
-  local assigns = {}
-  for k, v in pairs(vars) do assigns[#assigns + 1] = k .. "=" .. q(v) end
-  local errfile = os.tmpname()
-  local cmd = "env -i " .. table.concat(assigns, " ") .. " lua5.4 bin/kaifang " .. args .. " 2>" .. q(errfile)
-  if stdin then cmd = "printf %s " .. q(stdin) .. " | " .. cmd end
-  local p = assert(io.popen(cmd, "r"))
-  local out = p:read("a")
-  local _, _, status = p:close()
-  local err = readfile(errfile)
-  os.remove(errfile)
-  return { out = out, err = err, status = status }
-end
+local kaifang = require("spec.helpers.cli").runner(scratch)
 
 -- An error as the CLI must give it: one line on stderr, nothing on stdout, no Lua traceback.
 local function one_line_error(r, status, pattern)

@@ -139,6 +139,12 @@ function M.new(opts)
     if msg then opt_fail("option 'token_store': " .. msg) end
   end
   self.token_store = ts
+  -- the shared rate lives where the token does, unless told otherwise
+  if opts.rate_store == nil and self.rate then
+    local msg = store.check(ts, { "take" })
+    if msg then opt_fail("option 'rate' needs a store with take: the token store has none (" .. msg .. "); give rate_store") end
+    self.rate_store = ts
+  end
 
   local ahead = opts.refresh_ahead
   if ahead ~= nil and (type(ahead) ~= "number" or ahead < 0) then opt_fail("option 'refresh_ahead' must be a number of seconds >= 0") end
