@@ -63,17 +63,21 @@ describe("a client's rate shared by three processes", function()
       return kaifang.lingdian.new{ developer_code = "U2QHNB2w=", developer_key = "744ed968e7e1a4aebafa6f4888fced68",
                                    base_url = sb.url, timeout = timeout, rate = rate }
     end
-    local args = { tel = "13311112222", content = "turn", link = "https://szai.0xiao.com/r" }
+    local n = 0
+    local function args() -- a notice of its own each time: the same one twice is refused as a replay
+      n = n + 1
+      return { tel = "13311112222", content = "turn " .. n, link = "https://szai.0xiao.com/r" }
+    end
     local a, b = client(5, 2), client(5, 2) -- two clients of one account share the process's store
     local t0 = core.monotonic()
-    assert(a:send_wechat_message(args))
-    assert(b:send_wechat_message(args))
-    assert(a:send_wechat_message(args))
+    assert(a:send_wechat_message(args()))
+    assert(b:send_wechat_message(args()))
+    assert(a:send_wechat_message(args()))
     local spent = core.monotonic() - t0
     assert.is_true(spent >= 0.38, spent .. " s for three calls at 5/s")
     local slow = client(5, 0.1)
-    assert(a:send_wechat_message(args)) -- the next turn is 0.2 s away: past slow's timeout
-    local res, err = slow:send_wechat_message(args)
+    assert(a:send_wechat_message(args())) -- the next turn is 0.2 s away: past slow's timeout
+    local res, err = slow:send_wechat_message(args())
     assert.is_nil(res)
     assert.are.equal("timeout", err.kind)
     assert.are.equal("rate_limit", err.code)
