@@ -381,7 +381,10 @@ describe("kaifang.yopoint against the sandbox", function()
     platform_error(select(2, fixed:cabinet_open_door{ TID = "YP0001", DoorNo = 1 }), 40010, "ERR_REPEAT")
     fixed:close()
     assert.are.equal(1, #assert(sb:records("yopoint", "doors")))
-    assert(yp:cabinet_open_door{ TID = "YP0001", DoorNo = 1 }) -- the same door again, freshly signed: done, counted
+    -- the same door again a moment later (another timestamp, so another sign): done, and counted
+    local later = kaifang.yopoint.new{ appid = APPID, app_secret = SECRET, base_url = sb.url, clock = function() return t0 + 0.5 end }
+    assert(later:cabinet_open_door{ TID = "YP0001", DoorNo = 1 })
+    later:close()
     assert.are.equal(2, #assert(sb:records("yopoint", "doors")))
     local c = assert(sb:counters()).yopoint
     assert.are.equal(2, c.duplicates)
