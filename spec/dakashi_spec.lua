@@ -87,7 +87,7 @@ describe("kaifang.dakashi requests", function()
     assert.are.equal(sign, cjson.decode(body).sign)
   end)
 
-  it("sends serial_no as a string, the type the document gives it, even when given a number", function()
+  it("sends serial_no as a string (the document: \"serial_no|string|必须|卡号\"), even when given a number", function()
     local t = recorder()
     assert(fake_client(t):member_info{ serial_no = 87000001 })
     local sign = cli("sha1sum", "client_id=" .. ID .. "&serial_no=87000001&timestamp=1487560009" .. SECRET):upper()

@@ -154,8 +154,11 @@ end
 -- The scheme, written out from the document's PHP demo: every field but sign, sorted by bytes,
 -- k=v joined by "&" (an empty value as "k=": formatBizQueryParaMap filters nothing), the
 -- secret appended directly; SHA1, upper-case hex.
+-- Also returns the request's content (what is signed but the timestamp), for the duplicate detector.
+local SIGN, TIMESTAMP = { sign = true }, { timestamp = true }
 local function sign_with(params, secret)
-  return core.digest("sha1", util.canonical(params, { sign = true }, false) .. secret, "HEX")
+  local signed, content = util.canonical(params, SIGN, false, TIMESTAMP)
+  return core.digest("sha1", signed .. secret, "HEX"), content
 end
 
 -- The types the document gives (公共请求参数 and member/info's table); checked when strict.
@@ -288,11 +291,12 @@ function Instance:gate(req, route)
     end
   end
   -- built here from the received JSON, never by the client's signer
-  if p.sign ~= sign_with(p, c.secret) then return nil, fail(55003) end
+  local expected, content = sign_with(p, c.secret)
+  if p.sign ~= expected then return nil, fail(55003) end
   local ts = p.timestamp:match("^%d+$") and tonumber(p.timestamp)
   if not ts or math.abs(self.now() - ts) > self.config.window then return nil, fail(55005) end
   if not self:admit(id) then return nil, fail(55006) end
-  if route.acts and self.duplicates:check(route.path, util.canonical(p, { sign = true, timestamp = true }, false),
+  if route.acts and self.duplicates:check(route.path, content,
                                           p.sign, ts + self.config.window, strict) then
     return nil, fail(55015)
   end

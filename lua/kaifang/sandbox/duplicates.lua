@@ -9,7 +9,7 @@
 --   sign     the exact signed request again (same timestamp, same sign) within its window: a
 --            replay. Counted, and refused when the caller says so (strict, and not idempotent).
 -- GET /_sandbox/<platform>/duplicates lists the repeated contents; /_sandbox/counters counts.
-local util = require "kaifang.sandbox.util"
+local util = require "kaifang.sandbox.util" -- array
 
 local M = {}
 
@@ -20,23 +20,37 @@ Duplicates.__index = Duplicates
 function M.new(now)
   return setmetatable({
     now = now,
-    by_content = {}, -- path .. "?" .. content -> entry
+    -- path -> content -> when it first came (a number: seen once, the common case, kept small),
+    -- or its entry once repeated
+    by_content = {},
     list = util.array(), -- the entries seen twice or more, in order of their first repeat
-    signs = {}, -- path .. " " .. sign -> until when the sign could still be accepted
-    queue = { first = 1, last = 0 }, -- the same, oldest first, to forget them
+    signs = {}, -- path -> sign -> until when the sign could still be accepted
+    qpath = {}, qsign = {}, qexp = {}, first = 1, last = 0, -- the same, oldest first, to forget them
     duplicates = 0, -- requests whose content had been accepted before
     refused = 0, -- replays refused
   }, Duplicates)
 end
 
 function Duplicates:forget_expired(now)
-  local q = self.queue
-  while q.first <= q.last and q[q.first].expires < now do
-    local e = q[q.first]
-    if self.signs[e.key] == e.expires then self.signs[e.key] = nil end
-    q[q.first] = nil
-    q.first = q.first + 1
+  local qpath, qsign, qexp = self.qpath, self.qsign, self.qexp
+  local i = self.first
+  while i <= self.last and qexp[i] < now do
+    local by_sign = self.signs[qpath[i]]
+    if by_sign[qsign[i]] == qexp[i] then by_sign[qsign[i]] = nil end
+    qpath[i], qsign[i], qexp[i] = nil, nil, nil
+    i = i + 1
   end
+  self.first = i
+end
+
+-- t[k], a table made on first use
+local function sub(t, k)
+  local s = t[k]
+  if not s then
+    s = {}
+    t[k] = s
+  end
+  return s
 end
 
 -- An acting request the platform has accepted so far. path: the route; content: the canonical
@@ -46,17 +60,20 @@ end
 function Duplicates:check(path, content, sign, expires, refuse)
   local now = self.now()
   self:forget_expired(now)
-  local skey = sign and (path .. " " .. sign)
-  local replay = skey ~= nil and self.signs[skey] ~= nil
-  local key = path .. "?" .. content
-  local e = self.by_content[key]
+  local by_sign = sign and sub(self.signs, path)
+  local replay = by_sign and by_sign[sign] ~= nil
+  local seen = sub(self.by_content, path)
+  local e = seen[content]
   if e then
+    if type(e) == "number" then
+      e = { path = path, content = content, count = 1, replays = 0, refused = 0, first = e }
+      seen[content] = e
+      self.list[#self.list + 1] = e
+    end
     e.count, e.last = e.count + 1, now
     self.duplicates = self.duplicates + 1
-    if e.count == 2 then self.list[#self.list + 1] = e end
   else
-    e = { path = path, content = content, count = 1, replays = 0, refused = 0, first = now, last = now }
-    self.by_content[key] = e
+    seen[content] = now
   end
   if replay then
     e.replays = e.replays + 1
@@ -65,11 +82,10 @@ function Duplicates:check(path, content, sign, expires, refuse)
       self.refused = self.refused + 1
       return true
     end
-  elseif skey then
-    self.signs[skey] = expires
-    local q = self.queue
-    q.last = q.last + 1
-    q[q.last] = { key = skey, expires = expires }
+  elseif by_sign then
+    by_sign[sign] = expires
+    local n = self.last + 1
+    self.last, self.qpath[n], self.qsign[n], self.qexp[n] = n, path, sign, expires
   end
   return false
 end

@@ -117,8 +117,7 @@ end
 ---------------------------------------------------------------------------- checks
 
 local EXCLUDE = { sign = true, sign_type = true, key = true, developer_key = true }
--- what a request asks for, for the duplicate detector: what is signed but its timestamp
-local CONTENT_EXCLUDE = { sign = true, sign_type = true, key = true, developer_key = true, timestamp = true }
+local TIMESTAMP = { timestamp = true } -- what a request asks for is what is signed but this
 
 local function valid_tel(tel) return tel ~= nil and tel:match("^1%d%d%d%d%d%d%d%d%d%d$") ~= nil end
 -- C's 目标电话: a mobile number, or a landline with its area code
@@ -179,7 +178,8 @@ function Instance:gate(req, iface)
   local dev = DEVELOPERS[p.developer_code]
   if not dev or (iface.type and p.type ~= iface.type) then return nil, reply(104, MSG.not_developer, iface.empty) end
   -- built here from the received bytes, never by the client's signer
-  local expected = core.digest("md5", util.canonical(p, EXCLUDE, true) .. dev.key)
+  local signed, content = util.canonical(p, EXCLUDE, true, TIMESTAMP)
+  local expected = core.digest("md5", signed .. dev.key)
   if p.sign ~= expected then return nil, reply(104, MSG.not_developer, iface.empty) end
   local ts = p.timestamp:match("^%d+$") and tonumber(p.timestamp)
   local strict, window = self.config.strict, self.config.window
@@ -187,7 +187,7 @@ function Instance:gate(req, iface)
     return nil, reply(104, MSG.timeout, iface.empty)
   end
   if not self:admit(p.developer_code) then return nil, reply(104, MSG.too_frequent, iface.empty) end
-  if iface.acts and self.duplicates:check(iface.path, util.canonical(p, CONTENT_EXCLUDE, true), p.sign, ts + window, strict) then
+  if iface.acts and self.duplicates:check(iface.path, content, p.sign, ts + window, strict) then
     return nil, reply(104, MSG.expired, iface.empty)
   end
   return p, dev

@@ -177,8 +177,11 @@ end
 
 -- The scheme, written out from the document: every field but sign, sorted by bytes, k=v joined by
 -- "&", empty values kept, then "&" and the key; MD5, lower-case hex.
+-- Also returns the request's content (what is signed but the timestamp), for the duplicate detector.
+local SIGN, TIMESTAMP = { sign = true }, { timestamp = true }
 local function sign_with(params, key)
-  return core.digest("md5", util.canonical(params, { sign = true }, false) .. "&" .. key)
+  local signed, content = util.canonical(params, SIGN, false, TIMESTAMP)
+  return core.digest("md5", signed .. "&" .. key), content
 end
 
 -- A decoded JSON value as the text PHP would sign (numbers without ".0").
@@ -282,7 +285,7 @@ end
 local COMMON = { "appid", "method", "biz_content", "version", "timestamp", "sign_type", "sign" }
 
 -- The checks every call goes through. Returns params, operator, biz (decoded), the timestamp in
--- seconds, or nil, reply.
+-- seconds and the request's content (for the duplicate detector), or nil, reply.
 function Instance:gate(req)
   local p = {}
   if util.is_form(req.headers) then
@@ -307,7 +310,8 @@ function Instance:gate(req)
   if p.sign_type ~= "md5" then return nil, reply(E.sign_type, "ERR_SIGN_TYPE") end
   if p.version ~= "1.0.0" then return nil, reply(E.version, "ERR_VERSION") end
   -- built here from the received bytes, never by the client's signer
-  if p.sign ~= sign_with(p, op.secret) then return nil, reply(E.sign, "ERR_SIGN") end
+  local expected, content = sign_with(p, op.secret)
+  if p.sign ~= expected then return nil, reply(E.sign, "ERR_SIGN") end
   -- the table says seconds, the example milliseconds: strict, the configured unit; else both
   local ts = p.timestamp:match("^%d+$") and tonumber(p.timestamp)
   if ts and (self.config.strict and self.config.timestamp_unit == "ms" or not self.config.strict and ts > 1e11) then
@@ -319,7 +323,7 @@ function Instance:gate(req)
   if not self:admit(p.appid) then return nil, reply(E.frequent, "ERR_FREQUENT") end
   local biz = util.json_decode(p.biz_content)
   if type(biz) ~= "table" then return nil, reply(E.biz, "ERR_BIZ_CONTENT") end
-  return p, op, biz, ts
+  return p, op, biz, ts, content
 end
 
 local function page_of(biz, list)
@@ -485,11 +489,11 @@ local ACTS = { ["cabinet.open.door"] = true, ["cabinet.order.refund.apply"] = tr
                ["cabinet.order.user.appeal"] = true, ["operators.config.thirdpay.set"] = true }
 
 local function gateway(self, req)
-  local p, op, biz, ts = self:gate(req)
+  local p, op, biz, ts, content = self:gate(req)
   if not p then return op end
   local fn = METHODS[p.method]
   if not fn then return reply(E.method, "ERR_METHOD") end
-  if ACTS[p.method] and self.duplicates:check(M.GATEWAY, util.canonical(p, { sign = true, timestamp = true }, false),
+  if ACTS[p.method] and self.duplicates:check(M.GATEWAY, content,
                                               p.sign, ts + self.config.window, self.config.strict) then
     return reply(E.repeated, "ERR_REPEAT")
   end
@@ -522,13 +526,14 @@ local function pay_notify(self, req)
   for k, v in pairs(p) do
     if k ~= "price" then signed[k] = v end -- price travels unsigned
   end
-  if p.sign ~= sign_with(signed, key) then return answer("fail: bad sign", rec) end
+  local expected, content = sign_with(signed, key)
+  if p.sign ~= expected then return answer("fail: bad sign", rec) end
   -- seconds only: milliseconds here are a client bug the sandbox should show
   local ts = p.timestamp:match("^%d+$") and tonumber(p.timestamp)
   if not ts or math.abs(self.now() - ts) > self.config.window then return answer("fail: bad timestamp", rec) end
   if p.trade_status ~= "1" and p.trade_status ~= "-1" then return answer("fail: bad trade_status", rec) end
   -- counted, never refused: a notice for one trade is idempotent by design (the same one settles nothing twice)
-  self.duplicates:check(M.NOTIFY, util.canonical(p, { sign = true, timestamp = true }, false), p.sign, ts + self.config.window, false)
+  self.duplicates:check(M.NOTIFY, content, p.sign, ts + self.config.window, false)
   if tonumber(p.price) ~= order.Amount then return answer("fail: price does not match the order", rec) end
   if order.PayStatus == 1 then
     -- a repeated notice for the same trade is fine; another trade for a paid order is not

@@ -430,6 +430,8 @@ M.routes = {
   ["/api/scanrecord.jhtm"] = scan_record,
 }
 
+local TOKEN = { access_token = true } -- left out of a request's content
+
 -- The acting interfaces go through the duplicate detector once their token is accepted. ZAFU
 -- signs nothing and sends no timestamp, so nothing tells a replay from a second request: the
 -- same content again (query and body but the token) is counted, never refused.
@@ -438,9 +440,7 @@ for _, path in ipairs({ "/api/menusubmit", "/api/menudelete", "/api/msgcreate", 
   M.routes[path] = function(self, req)
     local res = handler(self, req)
     if res.status == 200 then -- its token was accepted (a refused one is a 401 or 403)
-      local q = query_of(req)
-      q.access_token = nil
-      self.duplicates:check(path, util.canonical(q) .. "|" .. util.canonical(form_of(req)), nil, nil, false)
+      self.duplicates:check(path, util.canonical(query_of(req), TOKEN) .. "|" .. util.canonical(form_of(req), TOKEN), nil, nil, false)
     end
     return res
   end
