@@ -13,15 +13,15 @@ LDSHARED    := -shared
 BUSTED      ?= $(LUA) /usr/bin/busted --ignore-lua
 OUT         ?= build/lib
 
-CORE_SRC  := csrc/core.c csrc/sign.c csrc/crypto.c csrc/http.c csrc/store.c
-CORE_HDR  := csrc/compat.h csrc/sign.h csrc/crypto.h csrc/http.h csrc/store.h
+CORE_SRC  := csrc/core.c csrc/sign.c csrc/crypto.c csrc/http.c csrc/store.c csrc/sqlite.c csrc/signals.c
+CORE_HDR  := csrc/compat.h csrc/sign.h csrc/crypto.h csrc/http.h csrc/store.h csrc/sqlite.h csrc/signals.h
 HTTPD_SRC := csrc/httpd.c
 CORE_SO   := $(OUT)/kaifang/core.so
 HTTPD_SO  := $(OUT)/kaifang/sandbox/httpd.so
 
 DEBIAN_PACKAGES := lua5.4 liblua5.4-dev libcurl4-openssl-dev libssl-dev lua-cjson lua-busted \
                    lua-argparse lua-readline lua-socket libmicrohttpd-dev pkg-config gcc clang luarocks \
-                   redis-server libhiredis-dev libclang-rt-14-dev openssl \
+                   redis-server libhiredis-dev libsqlite3-dev sqlite3 libclang-rt-14-dev openssl \
                    nginx-light libnginx-mod-http-lua libluajit2-5.1-dev luajit2
 
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;
@@ -33,7 +33,7 @@ all: $(CORE_SO) $(HTTPD_SO)
 
 $(CORE_SO): $(CORE_SRC) $(CORE_HDR)
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(KF_CFLAGS) $(LDSHARED) -o $@ $(CORE_SRC) -lcurl -lcrypto -lhiredis
+	$(CC) $(CFLAGS) $(KF_CFLAGS) $(LDSHARED) -o $@ $(CORE_SRC) -lcurl -lcrypto -lhiredis -lsqlite3
 
 $(HTTPD_SO): $(HTTPD_SRC) csrc/compat.h
 	@mkdir -p $(dir $@)
@@ -100,7 +100,7 @@ FUZZ_CC      := clang
 FUZZ_CFLAGS  := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer \
                 -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror -Icsrc -Ifuzz $(LUA_CFLAGS)
 LUA_LIBS    ?= $(or $(shell pkg-config --libs $(LUA_PC) 2>/dev/null),-llua5.4)
-FUZZ_CORE   := $(CORE_SRC) $(LUA_LIBS) -lcurl -lcrypto -lhiredis
+FUZZ_CORE   := $(CORE_SRC) $(LUA_LIBS) -lcurl -lcrypto -lhiredis -lsqlite3
 
 build/fuzz/fuzz_codec: fuzz/fuzz_codec.c fuzz/common.h csrc/crypto.c csrc/crypto.h
 build/fuzz/fuzz_aes: fuzz/fuzz_aes.c fuzz/common.h csrc/crypto.c csrc/crypto.h
@@ -160,6 +160,7 @@ bench: deps
 	$(LUA) bench/sign.lua
 	$(LUA) bench/batch.lua
 	$(LUA) bench/memory.lua
+	$(LUA) bench/journal.lua
 
 # also what `luarocks make` leaves in the checkout
 clean:

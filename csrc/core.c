@@ -13,6 +13,8 @@
 #include "crypto.h"
 #include "http.h"
 #include "sign.h"
+#include "signals.h"
+#include "sqlite.h"
 #include "store.h"
 
 #define SIGNER_MT "kaifang.signer"
@@ -892,6 +894,8 @@ int luaopen_kaifang_core(lua_State *L) {
   kf_newclass(L, MULTI_MT, multi_methods, multi_gc);
   kf_newlib(L, functions);
   kf_store_register(L); /* file and Redis primitives of the token stores (store.c) */
+  kf_sqlite_register(L); /* the batch journal's database (sqlite.c) */
+  kf_signals_register(L); /* Ctrl-C held while a batch stops cleanly (signals.c) */
   lua_pushliteral(L, "0.1.0");
   lua_setfield(L, -2, "version");
   lua_pushstring(L, curl_version());

@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -187,6 +188,97 @@ int kf_file_lock(const char *path, double timeout, char *err, size_t errlen) {
   }
 }
 
+/* ---- a shared rate, GCRA in a locked file -------------------------------------------------- */
+
+static double realtime(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+int kf_rate_file(const char *path, const char *key, double interval, double burst, double max_wait, double *wait,
+                 char *err, size_t errlen) {
+  size_t klen = strlen(key), len = 0, out_len = 0;
+  char *buf = NULL, *out = NULL, *line, *end;
+  double now, tat, w;
+  struct stat st;
+  int fd, result = -1;
+  for (line = (char *)key; *line; line++) {
+    if ((unsigned char)*line <= ' ') {
+      snprintf(err, errlen, "a rate key has no spaces or control characters");
+      return -1;
+    }
+  }
+  fd = open_private(path, O_RDWR | O_CREAT, err, errlen); /* others' rates are not ours to trust */
+  if (fd < 0) return -1;
+  while (flock(fd, LOCK_EX) != 0) { /* held for microseconds by whoever has it */
+    if (errno != EINTR) {
+      sys_error(err, errlen, "cannot lock", path);
+      goto done;
+    }
+  }
+  if (fstat(fd, &st) != 0 || st.st_size > KF_FILE_MAX) {
+    snprintf(err, errlen, "%s: cannot stat it, or larger than %d bytes", path, KF_FILE_MAX);
+    goto done;
+  }
+  buf = malloc((size_t)st.st_size + 1);
+  out = malloc((size_t)st.st_size + klen + 64);
+  if (buf == NULL || out == NULL) {
+    snprintf(err, errlen, "out of memory");
+    goto done;
+  }
+  while (len < (size_t)st.st_size) {
+    ssize_t n = pread(fd, buf + len, (size_t)st.st_size - len, (off_t)len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      sys_error(err, errlen, "cannot read", path);
+      goto done;
+    }
+    if (n == 0) break;
+    len += (size_t)n;
+  }
+  buf[len] = '\0';
+  now = realtime();
+  tat = now;
+  /* lines "<key> <theoretical arrival time>\n"; others' entries idle for a minute are dropped */
+  for (line = buf; line < buf + len; line = end + 1) {
+    char *space, *stop;
+    double t;
+    end = memchr(line, '\n', (size_t)(buf + len - line));
+    if (end == NULL) end = buf + len;
+    space = memchr(line, ' ', (size_t)(end - line));
+    if (space == NULL) continue;
+    *end = '\0';
+    t = strtod(space + 1, &stop);
+    if (stop == space + 1) continue;
+    if ((size_t)(space - line) == klen && memcmp(line, key, klen) == 0) {
+      if (t > tat) tat = t;
+    } else if (t >= now - 60) {
+      memcpy(out + out_len, line, (size_t)(end - line));
+      out_len += (size_t)(end - line);
+      out[out_len++] = '\n';
+    }
+  }
+  w = tat - now - (burst - 1) * interval;
+  if (w < 0) w = 0;
+  *wait = w;
+  if (max_wait >= 0 && w > max_wait) {
+    result = 0; /* nothing reserved */
+    goto done;
+  }
+  out_len += (size_t)snprintf(out + out_len, klen + 64, "%s %.6f\n", key, tat + interval);
+  if (pwrite(fd, out, out_len, 0) != (ssize_t)out_len || ftruncate(fd, (off_t)out_len) != 0) {
+    sys_error(err, errlen, "cannot write", path);
+    goto done;
+  }
+  result = 1;
+done:
+  free(buf);
+  free(out);
+  close(fd); /* releases the flock */
+  return result;
+}
+
 /* ---- redis --------------------------------------------------------------------------------- */
 
 static struct timeval to_timeval(long ms) {
@@ -358,6 +450,25 @@ static int l_file_write(lua_State *L) {
   if (kf_file_write(path, data, len, err, sizeof err) != 0) return push_error(L, "io", err);
   lua_pushboolean(L, 1);
   return 1;
+}
+
+/* core.rate_file(path, key, interval, burst, max_wait) -> wait | nil, wait (past max_wait; nothing
+ * reserved) | nil, err. max_wait < 0: none. */
+static int l_rate_file(lua_State *L) {
+  const char *path = check_path(L, 1), *key = check_path(L, 2);
+  double interval = (double)luaL_checknumber(L, 3), burst = (double)luaL_checknumber(L, 4);
+  double max_wait = (double)luaL_checknumber(L, 5), wait = 0;
+  char err[512];
+  int r;
+  /* NaN fails each test; the bounds keep the arithmetic on the file's times finite */
+  luaL_argcheck(L, interval > 0 && interval <= 1e6, 3, "a number of seconds above 0, at most 1e6");
+  luaL_argcheck(L, burst >= 0 && burst <= 1e9, 4, "a number from 0 to 1e9");
+  luaL_argcheck(L, max_wait >= -1e6 && max_wait <= 1e6, 5, "a number of seconds, at most 1e6 (below 0: none)");
+  r = kf_rate_file(path, key, interval, burst, max_wait, &wait, err, sizeof err);
+  if (r < 0) return push_error(L, "io", err);
+  if (r == 0) lua_pushnil(L);
+  lua_pushnumber(L, wait);
+  return r == 0 ? 2 : 1;
 }
 
 typedef struct file_lock {
@@ -559,6 +670,7 @@ static const luaL_Reg redis_methods[] = {{"command", l_redis_command}, {"close",
 static const luaL_Reg store_functions[] = {{"file_read", l_file_read},
                                            {"file_write", l_file_write},
                                            {"file_lock", l_file_lock},
+                                           {"rate_file", l_rate_file},
                                            {"redis", l_redis},
                                            {NULL, NULL}};
 

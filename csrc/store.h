@@ -25,6 +25,14 @@ int kf_file_write(const char *path, const char *data, size_t len, char *err, siz
  * error, -2 on a timeout. */
 int kf_file_lock(const char *path, double timeout, char *err, size_t errlen);
 
+/* A rate shared through a file: GCRA (a token bucket of `burst` slots, one every `interval`
+ * seconds) over "<key> <time>\n" lines, under an flock, without fsync (a rate need not outlive a
+ * crash); the wall clock. Sets *wait to the seconds until the reserved slot. Returns 1 when a slot
+ * was reserved, 0 when it would be further away than max_wait (>= 0; nothing reserved), -1 on an
+ * error (err set). */
+int kf_rate_file(const char *path, const char *key, double interval, double burst, double max_wait, double *wait,
+                 char *err, size_t errlen);
+
 /* A Redis connection that (re)connects on demand, authenticating and selecting its database. */
 typedef struct kf_redis {
   redisContext *ctx;

@@ -1,11 +1,13 @@
 -- Read each Dakashi IoT card's data usage and packages; for a card that has used most of its data
 -- or whose package ends soon, send its user a Lingdian Campus card reminder (user_card_remind).
+-- Lingdian finds the card's user by msisdn and iccid; the reminder's tel is the developer's own
+-- phone (开发者手机号), the client option developer_tel.
 --
 --   KAIFANG_DAKASHI_URL=http://127.0.0.1:8080 KAIFANG_LINGDIAN_URL=http://127.0.0.1:8080 \
 --     lua5.4 examples/card_reminders.lua
 --
 -- Credentials come from KAIFANG_DAKASHI_CLIENT_ID / KAIFANG_DAKASHI_CLIENT_SECRET and KAIFANG_LINGDIAN_CODE /
--- KAIFANG_LINGDIAN_KEY (the sandbox's demo credentials by default). CARD_USAGE_THRESHOLD
+-- KAIFANG_LINGDIAN_KEY / KAIFANG_LINGDIAN_TEL (the sandbox's demo credentials by default). CARD_USAGE_THRESHOLD
 -- (0.8) and CARD_EXPIRY_DAYS (7) set when a card needs a reminder.
 local kaifang = require "kaifang"
 
@@ -17,15 +19,12 @@ local dk = kaifang.dakashi.new{
 local ld = kaifang.lingdian.new{
   developer_code = os.getenv("KAIFANG_LINGDIAN_CODE") or "U2QHNB2w=",
   developer_key = os.getenv("KAIFANG_LINGDIAN_KEY") or "744ed968e7e1a4aebafa6f4888fced68",
+  developer_tel = os.getenv("KAIFANG_LINGDIAN_TEL") or "12345678910",
   base_url = os.getenv("KAIFANG_LINGDIAN_URL") or "http://127.0.0.1:8080",
 }
 
--- The cards we sold, and to whom (the platform knows the card, we know the student).
-local CARDS = {
-  { serial_no = "1410139903", tel = "13311112222" },
-  { serial_no = "1410139904", tel = "13311113333" },
-  { serial_no = "87000001", tel = "13311114444" },
-}
+-- The cards we sold (Lingdian knows who uses each: the reminder goes to that user).
+local CARDS = { "1410139903", "1410139904", "87000001" }
 
 local THRESHOLD = tonumber(os.getenv("CARD_USAGE_THRESHOLD") or "") or 0.8
 local EXPIRY_DAYS = tonumber(os.getenv("CARD_EXPIRY_DAYS") or "") or 7
@@ -41,15 +40,15 @@ local function chinese_date(t) -- "2026-11-25 15:05:00" -> "2026年11月25日"
 end
 
 local reminded, fine, failed = 0, 0, 0
-for _, c in ipairs(CARDS) do
+for _, serial_no in ipairs(CARDS) do
   local card, packages, err
-  card, err = dk:member_info{ serial_no = c.serial_no }
-  if card then packages, err = dk:member_product_info{ serial_no = c.serial_no } end
+  card, err = dk:member_info{ serial_no = serial_no }
+  if card then packages, err = dk:member_product_info{ serial_no = serial_no } end
   local info = card and card.data
   packages = packages and packages.data
   if not info or not packages then
     failed = failed + 1
-    print(("  FAILED    %s: %s"):format(c.serial_no, tostring(err)))
+    print(("  FAILED    %s: %s"):format(serial_no, tostring(err)))
   else
     local total, used = tonumber(info.total_data_value) or 0, tonumber(info.used_data_value) or 0
     local share = total > 0 and used / total or 1
@@ -67,19 +66,19 @@ for _, c in ipairs(CARDS) do
       reasons[#reasons + 1] = ends and ("流量套餐将于%s到期"):format(chinese_date(ends)) or "没有生效中的流量套餐"
     end
     local summary = ("%s used %d%% of %s MB, packages run until %s"):format(
-      c.serial_no, math.floor(share * 100 + 0.5), info.total_data_value, ends or "-")
+      serial_no, math.floor(share * 100 + 0.5), info.total_data_value, ends or "-")
     if #reasons == 0 then
       fine = fine + 1
       print("  fine      " .. summary)
     else
       local ok, rerr = ld:user_card_remind{
-        tel = c.tel, msisdn = info.msisdn, iccid = info.iccid,
+        msisdn = info.msisdn, iccid = info.iccid,
         remind = table.concat(reasons, "，") .. "，请及时充值。",
         expire_time = chinese_date(ends or now),
       }
       if ok then
         reminded = reminded + 1
-        print(("  reminded  %s -> %s: %s"):format(summary, c.tel, table.concat(reasons, "; ")))
+        print(("  reminded  %s -> the card's user (%s): %s"):format(summary, info.msisdn, table.concat(reasons, "; ")))
       else
         failed = failed + 1
         print(("  FAILED    %s: %s"):format(summary, tostring(rerr)))

@@ -33,7 +33,7 @@ for _, kind in ipairs({ "messages", "orders", "reminders" }) do
   print(("%d %s"):format(#records, kind))
   for _, r in ipairs(records) do
     local p = r.params or {}
-    print(("  #%s %s"):format(math.tointeger(r.id) or tostring(r.id), p.tel or p.shop_code or p.msisdn or ""))
+    print(("  #%s %s"):format(math.tointeger(r.id) or tostring(r.id), p.msisdn or p.tel or p.shop_code or ""))
   end
 end
 
@@ -46,6 +46,14 @@ for _, m in ipairs(messages) do
 end
 local tokens = sb:records("zafu", "tokens") or {}
 print(("%d token issued"):format(math.tointeger(tokens.issued) or 0))
+
+-- the duplicate detector: an action any example sent twice would show here
+local counters = sb:counters() or {}
+local dups = {}
+for _, platform in ipairs(sb.platforms) do
+  dups[#dups + 1] = ("%s %d"):format(platform, math.tointeger((counters[platform] or {}).duplicates) or 0)
+end
+print("\n== actions received twice: " .. table.concat(dups, ", "))
 
 sb:stop()
 print("\nsandbox stopped")

@@ -67,6 +67,7 @@ describe("kaifang.batch", function()
       seen[i] = true
     end
     assert.are.equal(0, dup)
+    assert.are.equal(0, sb:counters().lingdian.duplicates) -- the sandbox's own detector agrees
     for i in pairs(oks) do assert.is_true(seen[i] == true, "ok call " .. i .. " was not delivered") end
 
     -- faults that hit a notice after it may have arrived end as maybe_sent, never repeated;
@@ -117,6 +118,20 @@ describe("kaifang.batch", function()
     local summary = kaifang.batch(calls, { max_attempts = 2, backoff_base = 0.01 })
     assert.are.equal(1, summary.retries)
     assert.are.equal(2, #sb:records("lingdian", "messages"))
+    assert.are.equal(1, sb:counters().lingdian.duplicates) -- and the sandbox saw it twice
+  end)
+
+  it("the sandbox's duplicate counter catches a notice listed twice", function()
+    local notice = { tel = TELS[1], content = "取件码 6-2-3001", link = LINK }
+    local calls = { { ld, "send_wechat_message", notice }, { ld, "send_wechat_message", { tel = TELS[2], content = "x", link = LINK } },
+                    { ld, "send_wechat_message", notice } }
+    kaifang.batch(calls, { concurrency = 1 })
+    local c = sb:counters().lingdian
+    assert.are.equal(1, c.duplicates) -- refused as a replay within the same second, delivered twice otherwise
+    local d = sb:records("lingdian", "duplicates")
+    assert.are.equal(1, #d)
+    assert.are.equal(2, d[1].count)
+    assert.are.equal(2 - c.refused, #sb:records("lingdian", "messages") - 1)
   end)
 
   it("a single call on a reused connection reset after acting: maybe_sent, and libcurl did not resend it", function()

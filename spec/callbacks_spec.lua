@@ -59,7 +59,7 @@ describe("yp:verify_notify", function()
     assert.is_nil(n.sign)
   end)
 
-  it("accepts the notice as a raw form body and as JSON, and an upper-case sign", function()
+  it("accepts the notice as a raw form body and as JSON", function()
     local n = notice()
     local parts = {}
     for _, k in ipairs({ "appid", "biz_content", "method", "sign", "sign_type", "timestamp", "version" }) do
@@ -67,8 +67,25 @@ describe("yp:verify_notify", function()
     end
     assert(yp:verify_notify(table.concat(parts, "&")))
     assert(yp:verify_notify(cjson.encode(n)))
+  end)
+
+  it("refuses a sign that is not lower-case hex (the document: sign 签名(小写))", function()
+    local n = notice()
     n.sign = n.sign:upper()
-    assert(yp:verify_notify(n))
+    local res, err = yp:verify_notify(n)
+    assert.is_nil(res)
+    assert.are.equal("signature", err.kind)
+    assert.are.equal("bad_sign", err.code)
+  end)
+
+  it("refuses a notice without appid, a common parameter of every signed request", function()
+    local sts = "biz_content=" .. BIZ .. "&method=cabinet.order.sync&sign_type=md5&timestamp=" .. NOW .. "&version=1.0.0&" .. SECRET
+    local res, err = yp:verify_notify({ biz_content = BIZ, method = "cabinet.order.sync", sign_type = "md5",
+                                        timestamp = tostring(NOW), version = "1.0.0", sign = md5(sts) })
+    assert.is_nil(res)
+    assert.are.equal("signature", err.kind)
+    assert.are.equal("appid", err.code)
+    assert.are.equal("kaifang.yopoint: signature error appid: notice carries no appid", tostring(err))
   end)
 
   it("refuses a tampered notice", function()

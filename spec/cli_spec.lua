@@ -13,24 +13,7 @@ local scratch = shell.sh("mktemp -d"):gsub("%s+$", "")
 
 -- Runs `lua5.4 bin/kaifang <args>` with only PATH, HOME, the XDG directories, the module paths
 -- and `env` in its environment. -> { out =, err =, status = }
-local function kaifang(args, env, stdin)
-  local vars = {
-    PATH = os.getenv("PATH"), HOME = scratch, XDG_CONFIG_HOME = scratch .. "/config",
-    XDG_STATE_HOME = scratch .. "/state", LUA_PATH = os.getenv("LUA_PATH"), LUA_CPATH = os.getenv("LUA_CPATH"),
-  }
-  for k, v in pairs(env or {}) do vars[k] = v end
-  local assigns = {}
-  for k, v in pairs(vars) do assigns[#assigns + 1] = k .. "=" .. q(v) end
-  local errfile = os.tmpname()
-  local cmd = "env -i " .. table.concat(assigns, " ") .. " lua5.4 bin/kaifang " .. args .. " 2>" .. q(errfile)
-  if stdin then cmd = "printf %s " .. q(stdin) .. " | " .. cmd end
-  local p = assert(io.popen(cmd, "r"))
-  local out = p:read("a")
-  local _, _, status = p:close()
-  local err = readfile(errfile)
-  os.remove(errfile)
-  return { out = out, err = err, status = status }
-end
+local kaifang = require("spec.helpers.cli").runner(scratch)
 
 -- An error as the CLI must give it: one line on stderr, nothing on stdout, no Lua traceback.
 local function one_line_error(r, status, pattern)
@@ -275,7 +258,7 @@ describe("kaifang (command line)", function()
       assert.matches("^http://127%.0%.0%.1:%d+$", info.url)
       local accounts = {}
       for _, p in ipairs(info.platforms) do accounts[p.platform] = p.account end
-      assert.are.same({ developer_code = "U2QHNB2w=", developer_key = KEY }, accounts.lingdian)
+      assert.are.same({ developer_code = "U2QHNB2w=", developer_key = KEY, developer_tel = "12345678910" }, accounts.lingdian)
       assert.are.equal("zafu-demo", accounts.zafu.client_id)
       assert.are.equal("930859529955", accounts.yopoint.appid)
       assert.are.equal("iotacc108b7305fhzljeux0", accounts.dakashi.client_id)
@@ -306,6 +289,20 @@ describe("kaifang (command line)", function()
         .. "KAIFANG_DAKASHI_CLIENT_SECRET=4c1e7b9a2d5f8e3b6a0c9d2f5e8b1a47\n", 1, true), rest)
       assert.are.equal(130, status)
       assert.are.equal("kaifang: interrupted\n", err)
+    end)
+
+    it("--strict=false relaxes every platform; --config can keep one strict", function()
+      local line, _, finish = start([[--port 0 --json --strict=false --config={\"dakashi\":{\"strict\":true}}]])
+      local info = assert(cjson.decode(line), line)
+      local session = require("kaifang.core").http({ timeout = 5 })
+      local res = assert(session:request{ method = "GET", url = info.url .. "/_sandbox/config" })
+      local config = cjson.decode(res.body)
+      assert.are.same({ false, false, false, true },
+        { config.lingdian.strict, config.zafu.strict, config.yopoint.strict, config.dakashi.strict })
+      assert(session:request{ method = "POST", url = info.url .. "/_sandbox/shutdown", body = "{}" })
+      session:close()
+      assert.are.equal(0, (finish()))
+      one_line_error(kaifang("sandbox --port 0 --strict=maybe"), 2, "strict")
     end)
 
     it("a bad --config, bad JSON or a port in use: one line, no traceback", function()

@@ -78,6 +78,23 @@ describe("kaifang.dakashi requests", function()
     assert.are.equal(sign, cjson.decode(body).sign)
   end)
 
+  it("sends an empty value and signs it as k=, as the document's PHP demo does (formatBizQueryParaMap filters nothing)", function()
+    local t = recorder()
+    assert(fake_client(t):product_info{ product_id = "" })
+    local body = t.sent[1].body
+    assert.matches('"product_id":"",', body, 1, true)
+    local sign = cli("sha1sum", "client_id=" .. ID .. "&product_id=&timestamp=1487560009" .. SECRET):upper()
+    assert.are.equal(sign, cjson.decode(body).sign)
+  end)
+
+  it("sends serial_no as a string (the document: \"serial_no|string|必须|卡号\"), even when given a number", function()
+    local t = recorder()
+    assert(fake_client(t):member_info{ serial_no = 87000001 })
+    local sign = cli("sha1sum", "client_id=" .. ID .. "&serial_no=87000001&timestamp=1487560009" .. SECRET):upper()
+    assert.are.equal('{"client_id":"' .. ID .. '","serial_no":"87000001","sign":"' .. sign .. '","timestamp":1487560009}',
+      t.sent[1].body)
+  end)
+
   it("covers every documented path", function()
     local t = recorder()
     local dk = fake_client(t)
@@ -139,10 +156,10 @@ describe("kaifang.dakashi argument errors raise at the caller's line", function(
     assert.matches("'sign'", raises_at_line(function() here(); dk:call("/v1/x", { sign = "x" }) end))
   end)
 
-  it("fractions, empty strings and tables (their signing would be ambiguous)", function()
+  it("fractions and tables (their signing would be ambiguous), an empty required parameter", function()
     assert.matches("whole number", raises_at_line(function() here(); dk:product_info{ product_id = 1.5 } end))
-    assert.matches("empty", raises_at_line(function() here(); dk:product_info{ product_id = "" } end))
     assert.matches("table", raises_at_line(function() here(); dk:product_info{ product_id = {} } end))
+    assert.matches("missing required parameter 'serial_no'", raises_at_line(function() here(); dk:member_info{ serial_no = "" } end))
   end)
 
   it("new: either spelling, but not two different ids; a bad id_field; a bad path", function()
@@ -288,8 +305,88 @@ describe("kaifang.dakashi against the sandbox", function()
     assert.is_true(p:close(), out)
     local sent = assert(sb:records("lingdian", "reminders"))
     assert.are.equal(2, #sent)
+    assert.are.equal(0, assert(sb:counters()).lingdian.duplicates) -- no reminder sent twice
+    assert.are.equal("12345678910", sent[1].params.tel) -- the developer's phone, not a card user's
     assert.are.equal("1410139903", sent[1].params.msisdn)
     assert.are.equal("8986112025305", sent[2].params.iccid)
+  end)
+
+  -- A request written and signed here (sorted k=v, the secret appended, sha1sum), sent as given.
+  -- drop_empty signs the way the project once did, leaving empty values out.
+  local function raw(path, fields, drop_empty)
+    local keys = {}
+    for k, v in pairs(fields) do
+      if not (drop_empty and v == "") then keys[#keys + 1] = k end
+    end
+    table.sort(keys)
+    local parts = {}
+    for i, k in ipairs(keys) do parts[i] = k .. "=" .. tostring(fields[k]) end
+    fields.sign = cli("sha1sum", table.concat(parts, "&") .. SECRET):upper()
+    local status, body = sb:request("POST", path, cjson.encode(fields), { ["Content-Type"] = "application/json" })
+    assert.are.equal(200, status)
+    fields.sign = nil
+    return cjson.decode(body)
+  end
+
+  describe("the sandbox is as strict as the platform", function()
+    it("signs empty values as the document's PHP demo does: kept as k=, so dropping them is 55003 签名错误", function()
+      local kept = raw("/v1/product/info", { client_id = ID, timestamp = os.time(), product_id = "" })
+      assert.are.equal(0, kept.errcode)
+      assert.are.equal(3, #kept.data)
+      local dropped = raw("/v1/product/info", { client_id = ID, timestamp = os.time(), product_id = "" }, true)
+      assert.are.same({ errcode = 55003, errmsg = "签名错误" }, dropped)
+      -- and the client's empty value goes through
+      assert.are.equal(3, #assert(dk:product_info{ product_id = "" }).data)
+    end)
+
+    it("refuses the undocumented types (timestamp int, serial_no string) and unknown parameters; not when strict is off", function()
+      local function member(fields) return raw("/v1/member/info", fields) end
+      local r = member({ client_id = ID, timestamp = tostring(os.time()), serial_no = "87000001" })
+      assert.are.same({ errcode = 55008, errmsg = "参数格式错误：timestamp 须为 integer" }, r)
+      r = member({ client_id = ID, timestamp = os.time(), serial_no = 87000001 })
+      assert.are.same({ errcode = 55008, errmsg = "参数格式错误：serial_no 须为 string" }, r)
+      r = member({ client_id = ID, timestamp = os.time(), serial_no = "87000001", extra = "" })
+      assert.are.same({ errcode = 55008, errmsg = "参数格式错误：未知参数 extra" }, r)
+      assert(sb:configure{ dakashi = { strict = false } })
+      assert.are.equal(0, member({ client_id = ID, timestamp = tostring(os.time()), serial_no = 87000001, extra = "" }).errcode)
+    end)
+
+    it("admits loopback only and limits the rate by default", function()
+      local config = assert(sb:admin("GET", "/_sandbox/config")).dakashi
+      assert.are.same({ "127.0.0.1", "::1" }, config.whitelist)
+      assert.are.equal(20, config.rate)
+      assert(dk:user_info{}) -- from 127.0.0.1
+      local refused
+      for _ = 1, 25 do
+        local data, err = dk:member_info{ serial_no = "87000001" }
+        if not data then refused = err break end
+      end
+      platform_error(refused, 55006)
+    end)
+
+    it("refuses a replayed action (55015), counts it and any other double send; a repeated read passes", function()
+      local t0 = os.time()
+      local fixed = kaifang.dakashi.new{ client_id = ID, client_secret = SECRET, base_url = sb.url, clock = function() return t0 end }
+      assert(fixed:member_info{ serial_no = "87000001" })
+      assert(fixed:member_info{ serial_no = "87000001" }) -- the same signed read again: harmless
+      assert(fixed:send_message{ serial_no = "87000001", content = "流量快用完了" })
+      local _, err = fixed:send_message{ serial_no = "87000001", content = "流量快用完了" } -- the same signed request
+      platform_error(err, 55015)
+      assert.are.equal("重复请求", err.message)
+      fixed:close()
+      assert.are.equal(1, #assert(sb:records("dakashi", "messages")))
+      -- a second send in another second carries another sign: done, and still counted
+      local later = kaifang.dakashi.new{ client_id = ID, client_secret = SECRET, base_url = sb.url, clock = function() return t0 + 1 end }
+      assert(later:send_message{ serial_no = "87000001", content = "流量快用完了" })
+      later:close()
+      local c = assert(sb:counters()).dakashi
+      assert.are.equal(2, c.duplicates)
+      assert.are.equal(1, c.refused)
+      local dups = assert(sb:records("dakashi", "duplicates"))
+      assert.are.equal(1, #dups)
+      assert.are.equal("/v1/send/message", dups[1].path)
+      assert.are.equal(3, dups[1].count)
+    end)
   end)
 
   it("the sandbox refuses a body that is not JSON", function()

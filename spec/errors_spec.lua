@@ -200,11 +200,7 @@ describe("secrets", function()
     assert.is_true(ok, "kaifang.sandbox cannot be loaded: " .. tostring(sandbox))
     local sb = sandbox.start{ port = 0 }
     -- the sandbox's own developer, signed with a key that is not its key
-    local code, real_key
-    for _, line in ipairs(sb.credentials) do
-      code, real_key = line:match("^lingdian developer_code=(%S+) developer_key=(%S+)")
-      if code then break end
-    end
+    local code, real_key = sb.credentials.lingdian.developer_code, sb.credentials.lingdian.developer_key
     local wrong = real_key == KEY and ("0"):rep(32) or KEY
     local c = lingdian.new{ developer_code = code or CODE, developer_key = wrong, base_url = sb.url, timeout = 5 }
     local res, err = c:get_user_tel_by_code{ user_code = "U2TD844B2" }

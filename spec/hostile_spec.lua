@@ -69,7 +69,6 @@ before_each(function() failures = {} end)
 
 describe("kaifang.core", function()
   it("functions", function()
-    local path = function() return dir .. "/f" end
     local cases = {
       { "signer", core.signer, { { name = "t" } } },
       { "digest", core.digest, { "md5", "x", "hex" } },
@@ -108,7 +107,16 @@ describe("kaifang.core", function()
       if l then l:unlock() end
       return l, err
     end), { "f.lock", 0.1 }, { 1, 2 })
-    attack("core.file_read", core.file_read, { path() }, {})
+    attack("core.rate_file", in_dir(core.rate_file), { "rate", "k", 0.01, 1, -1 }, { 1, 2, 3, 4, 5 })
+    attack("core.sqlite", in_dir(function(p, o)
+      local db, err = core.sqlite(p, o)
+      if db then db:close() end
+      return db, err
+    end), { "db.sqlite", { busy_timeout = 1 } }, { 1, 2 })
+    for _, name in ipairs{ "hold_signals", "take_signal", "release_signals" } do
+      attack("core." .. name, core[name], {}, { 1 })
+    end
+    core.release_signals()
     report()
   end)
 
@@ -142,6 +150,18 @@ describe("kaifang.core", function()
     attack("redis:command{ word }", function(w) return conn:command{ "GET", w } end, { "k" }, { 1 })
     conn:close()
     attack("closed redis:command", function(w) return conn:command(w) end, { { "PING" } }, { 1 })
+    local db = assert(core.sqlite(dir .. "/h.sqlite"))
+    assert(db:exec("CREATE TABLE t (a, b)"))
+    attack("sqlite:exec", function(sql) return db:exec(sql) end, { "SELECT 1" }, { 1 })
+    attack("sqlite:prepare", function(sql) return db:prepare(sql) end, { "SELECT 1" }, { 1 })
+    local insert = assert(db:prepare("INSERT INTO t VALUES (?, ?)"))
+    local select = assert(db:prepare("SELECT a, b FROM t WHERE a = ?"))
+    attack("statement:exec", function(...) return insert:exec(...) end, { 1, "x" }, { 1, 2 })
+    attack("statement:first", function(...) return select:first(...) end, { 1 }, { 1 })
+    attack("statement:rows", function(...) for _ in select:rows(...) do end end, { 1 }, { 1 })
+    db:close()
+    attack("closed sqlite:exec", function(sql) return db:exec(sql) end, { "SELECT 1" }, { 1 })
+    attack("statement of a closed sqlite", function(...) return insert:exec(...) end, { 1, "x" }, { 1 })
     report()
   end)
 end)

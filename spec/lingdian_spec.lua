@@ -4,6 +4,7 @@ local kaifang = require "kaifang"
 local sandbox = require "kaifang.sandbox"
 
 local CODE, KEY = "U2QHNB2w=", "744ed968e7e1a4aebafa6f4888fced68"
+local here, raises_at_line = require("spec.helpers.raises")("lingdian_spec.lua")
 local LINK = "https://szai.0xiao.com/info/info_detail?info_id=165"
 
 describe("kaifang.lingdian against the sandbox", function()
@@ -141,16 +142,52 @@ describe("kaifang.lingdian against the sandbox", function()
   end)
 
   describe("D user_card_remind", function()
-    it("sends a reminder for an owned card", function()
-      local res = assert(ld:user_card_remind{ tel = "13311112222", msisdn = "1410139903", iccid = "8986112025304",
+    local DEV_TEL = "12345678910" -- the sandbox's developer registered the document's example phone
+
+    it("tel is 开发者手机号 (the document's table: tel | 12345678910 | 开发者手机号): the client option developer_tel", function()
+      local dev = kaifang.lingdian.new{ developer_code = CODE, developer_key = KEY, developer_tel = DEV_TEL, base_url = sb.url }
+      local res = assert(dev:user_card_remind{ msisdn = "1410139903", iccid = "8986112025304",
         remind = "流量套餐要到期了", expire_time = "2022年12月12日" })
+      dev:close()
       assert.are.equal(100, res.code)
       assert.are.equal("发送成功", res.message)
-      assert.are.equal(1, #records("reminders"))
+      local got = records("reminders")
+      assert.are.equal(1, #got)
+      assert.are.equal(DEV_TEL, got[1].params.tel) -- the card's user is found by msisdn/iccid
+      assert.are.equal("1410139903", got[1].params.msisdn)
+    end)
+
+    it("a card user's phone as tel is refused as the developer's credentials are (验证权限失败时)", function()
+      local _, err = ld:user_card_remind{ tel = "13311112222", msisdn = "1410139903", iccid = "8986112025304",
+        remind = "x", expire_time = "2022年12月12日" }
+      assert_platform_error(err, 104, "请求参数错误：您不是开发者或没有对应权限")
+      assert(ld:user_card_remind{ tel = DEV_TEL, msisdn = "1410139903", iccid = "8986112025304",
+        remind = "x", expire_time = "2022年12月12日" })
+    end)
+
+    it("without developer_tel or tel: raises, naming what tel is", function()
+      local err = raises_at_line(function() here(); ld:user_card_remind{ msisdn = "1410139903", iccid = "8986112025304", remind = "x", expire_time = "y" } end)
+      assert.matches("missing required parameter 'tel' %(开发者手机号, the developer's own phone", err)
+      assert.matches("developer_tel", err)
+      err = raises_at_line(function() here(); kaifang.lingdian.new{ developer_code = CODE, developer_key = KEY, developer_tel = 123 } end)
+      assert.matches("'developer_tel'", err)
+    end)
+
+    it("a batch fills tel from developer_tel too, and reports a call without either as an argument error", function()
+      local dev = kaifang.lingdian.new{ developer_code = CODE, developer_key = KEY, developer_tel = DEV_TEL, base_url = sb.url }
+      local args = { msisdn = "1410139904", iccid = "8986112025305", remind = "x", expire_time = "2022年12月12日" }
+      local results = {}
+      local summary = kaifang.batch({ { dev, "user_card_remind", args }, { ld, "user_card_remind", args } },
+        { on_result = function(i, res, err) results[i] = res or err end })
+      dev:close()
+      assert.are.equal(1, summary.ok)
+      assert.are.equal(100, results[1].code)
+      assert.are.equal("argument", results[2].kind)
+      assert.matches("'tel' %(开发者手机号", results[2].message)
     end)
 
     it("a card not issued to this developer: 卡未出库", function()
-      local _, err = ld:user_card_remind{ tel = "13311112222", msisdn = "1400000000", iccid = "8986000000000",
+      local _, err = ld:user_card_remind{ tel = DEV_TEL, msisdn = "1400000000", iccid = "8986000000000",
         remind = "x", expire_time = "2022年12月12日" }
       assert_platform_error(err, 104, "卡未出库")
     end)
@@ -172,12 +209,30 @@ describe("kaifang.lingdian against the sandbox", function()
       bad:close()
     end)
 
-    it("a clock outside the timestamp window: 请求超时", function()
-      local skewed = kaifang.lingdian.new{ developer_code = CODE, developer_key = KEY, base_url = sb.url,
-                                           clock = function() return os.time() - 3600 end }
-      local _, err = skewed:send_wechat_message{ tel = "13311112222", content = "x", link = LINK }
-      assert_platform_error(err, 104, "请求超时")
-      skewed:close()
+    it("a clock outside the timestamp window, or ahead of the platform's: 请求超时", function()
+      for _, skew in ipairs({ -3600, 60 }) do
+        local skewed = kaifang.lingdian.new{ developer_code = CODE, developer_key = KEY, base_url = sb.url,
+                                             clock = function() return os.time() + skew end }
+        local _, err = skewed:send_wechat_message{ tel = "13311112222", content = "x", link = LINK }
+        assert_platform_error(err, 104, "请求超时")
+        skewed:close()
+      end
+    end)
+
+    it("the same signed notice twice: the second refused (信息已过期请重试) and counted; the same read twice passes", function()
+      local t0 = os.time()
+      local fixed = kaifang.lingdian.new{ developer_code = CODE, developer_key = KEY, base_url = sb.url, clock = function() return t0 end }
+      assert(fixed:get_user_tel_by_code{ user_code = "U2TD844B2" })
+      assert(fixed:get_user_tel_by_code{ user_code = "U2TD844B2" })
+      assert(fixed:send_wechat_message{ tel = "13311112222", content = "取件码 6-2-3001", link = LINK })
+      local _, err = fixed:send_wechat_message{ tel = "13311112222", content = "取件码 6-2-3001", link = LINK }
+      assert_platform_error(err, 104, "请求参数错误：信息已过期请重试")
+      assert.is_false(err.retryable)
+      fixed:close()
+      assert.are.equal(1, #records("messages"))
+      local c = assert(sb:counters()).lingdian
+      assert.are.equal(1, c.duplicates)
+      assert.are.equal(1, c.refused)
     end)
 
     it("too frequent (104) past the configured rate, and only that 104 is retryable", function()

@@ -16,20 +16,10 @@ local FALLBACK = {
   yopoint = { appid = "930859529955", app_secret = "spec-yopoint-secret", sign_key = "spec-yopoint-signkey" },
 }
 
--- "lingdian developer_code=U2QHNB2w= developer_key=..." -> { lingdian = { developer_code = ..., ... } }
-local function credentials(lines)
+-- The sandbox's demo accounts, with the fallbacks for platforms it does not serve.
+local function credentials(accounts)
   local out = {}
-  for _, line in ipairs(lines) do
-    local platform, rest = line:match("^(%S+)%s+(.*)$")
-    if platform then
-      local c = {}
-      for word in rest:gmatch("%S+") do
-        local k, v = word:match("^([^=]+)=(.*)$")
-        if k then c[k] = v end
-      end
-      out[platform] = c
-    end
-  end
+  for platform, c in pairs(accounts) do out[platform] = c end
   for platform, c in pairs(FALLBACK) do out[platform] = out[platform] or c end
   return out
 end

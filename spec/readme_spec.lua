@@ -20,25 +20,11 @@ local function blocks(text)
   end
 end
 
--- "lingdian developer_code=U2QHNB2w= developer_key=..." lines -> KAIFANG_* variables.
-local NAMES = {
-  lingdian = { developer_code = "CODE", developer_key = "KEY" },
-  zafu = { client_id = "CLIENT_ID", client_secret = "CLIENT_SECRET", app_id = "APP_ID" },
-  yopoint = { appid = "APPID", app_secret = "SECRET", sign_key = "SIGNKEY" },
-  dakashi = { client_id = "CLIENT_ID", client_secret = "CLIENT_SECRET" },
-}
-
+-- The sandbox's demo accounts as the KAIFANG_* variables `kaifang sandbox` prints.
 local function environment(sb)
   local env = {}
-  for _, line in ipairs(sb.credentials) do
-    local platform, rest = line:match("^(%a+)%s+(.*)$")
-    if NAMES[platform] and not env["KAIFANG_" .. platform:upper() .. "_URL"] then
-      env["KAIFANG_" .. platform:upper() .. "_URL"] = sb.url .. (platform == "zafu" and "/zafu" or "")
-      for k, v in rest:gmatch("(%S+)=(%S+)") do
-        local name = NAMES[platform][k]
-        if name then env["KAIFANG_" .. platform:upper() .. "_" .. name] = v end
-      end
-    end
+  for _, vars in ipairs(require("kaifang.cli").demo_env(sb.url, sandbox.demo())) do
+    for _, v in ipairs(vars) do env[v[1]] = v[2] end
   end
   return env
 end

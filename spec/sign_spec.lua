@@ -72,7 +72,7 @@ local function expect_yopoint(params, secret)
 end
 
 local function expect_dakashi(params, secret)
-  local sts = canonical(params, { "sign" }, true) .. secret
+  local sts = canonical(params, { "sign" }, false) .. secret
   return cli_sum("sha1sum", sts):upper(), sts
 end
 
@@ -208,17 +208,30 @@ describe("kaifang.sign.dakashi", function()
     assert.are.equal(40, #s)
   end)
 
-  it("drops empty and null values, excludes only sign, appends the secret directly", function()
-    local p = {
-      client_id = "iotacc108b7305fhzljeux0", timestamp = 1487560009, callback_url = "", x = cjson.null,
-      sign = "E1F082F33F77A749D90631862A122A624ED04542", sign_type = "sha1", iccid = "8986112025304",
-    }
-    local s, sts = sign.dakashi(p, secret)
-    assert.are.equal("client_id=iotacc108b7305fhzljeux0&iccid=8986112025304&sign_type=sha1&timestamp=1487560009"
-      .. secret, sts)
-    local want_sign, want_sts = expect_dakashi(p, secret)
-    assert.are.equal(want_sts, sts)
-    assert.are.equal(want_sign, s)
+  -- The document's PHP demo: getSign ksorts every parameter and formatBizQueryParaMap joins each
+  -- as $k . "=" . $v . "&", filtering nothing, so an empty (or null) value is signed as "k=".
+  -- The signs below were computed once outside kaifang (Python's hashlib and `openssl dgst
+  -- -sha1`, which agree) and are checked again here with sha1sum.
+  local EMPTY_VECTORS = {
+    { params = { client_id = "iotacc108b7305fhzljeux0", timestamp = 1487560009, callback_url = "", x = cjson.null,
+                 sign = "E1F082F33F77A749D90631862A122A624ED04542", sign_type = "sha1", iccid = "8986112025304" },
+      sts = "callback_url=&client_id=iotacc108b7305fhzljeux0&iccid=8986112025304&sign_type=sha1&timestamp=1487560009&x=",
+      sign = "A47292EC620948AFD48348E2B60E987470CD914F" },
+    { params = { client_id = "iotacc108b7305fhzljeux0", serial_no = "87000001", timestamp = 1487560009, extra = "" },
+      sts = "client_id=iotacc108b7305fhzljeux0&extra=&serial_no=87000001&timestamp=1487560009",
+      sign = "4EE8504F0718C9161DEC27D4CB3BC028540747D6" },
+  }
+
+  it("keeps empty and null values as k=, as the document's PHP demo does (vectors computed outside kaifang)", function()
+    for _, v in ipairs(EMPTY_VECTORS) do
+      local s, sts = sign.dakashi(v.params, secret)
+      assert.are.equal(v.sts .. secret, sts)
+      assert.are.equal(v.sign, s)
+      assert.are.equal(v.sign, cli_sum("sha1sum", v.sts .. secret):upper())
+      local want_sign, want_sts = expect_dakashi(v.params, secret)
+      assert.are.equal(want_sts, sts)
+      assert.are.equal(want_sign, s)
+    end
   end)
 end)
 
@@ -227,10 +240,10 @@ end)
 describe("the canonical string", function()
   local secret = "S3CR3T"
 
-  it("drops empty strings and cjson.null for lingdian and dakashi, keeps them for yopoint", function()
+  it("drops empty strings and cjson.null for lingdian, keeps them for dakashi and yopoint", function()
     local p = { a = "1", e = "", n = cjson.null, z = "2" }
     assert.are.equal("a=1&z=2" .. secret, sts_of("lingdian", p, secret))
-    assert.are.equal("a=1&z=2" .. secret, sts_of("dakashi", p, secret))
+    assert.are.equal("a=1&e=&n=&z=2" .. secret, sts_of("dakashi", p, secret))
     assert.are.equal("a=1&e=&n=&z=2&" .. secret, sts_of("yopoint", p, secret))
   end)
 

@@ -105,6 +105,21 @@ local function behaves_like_a_store(make)
     assert.is_false(s:lock("same", "b", 30))
   end)
 
+  it("shares a rate: takes slots 1/rate apart, refuses (taking nothing) one further than max_wait", function()
+    local function near(want, got) assert.is_true(math.abs(got - want) < 0.02, ("%s, not %s"):format(got, want)) end
+    near(0, assert(s:take("r", 10)))
+    near(0.1, assert(s:take("r", 10)))
+    local none, wait = s:take("r", 10, { max_wait = 0.15 })
+    assert.is_nil(none)
+    near(0.2, wait)
+    near(0.2, assert(s:take("r", 10))) -- the refused one took nothing
+    near(0, assert(s:take("other", 10))) -- keys apart
+    near(0, assert(s:take("b", 10, { burst = 3 })))
+    near(0, assert(s:take("b", 10, { burst = 3 })))
+    near(0, assert(s:take("b", 10, { burst = 3 })))
+    near(0.1, assert(s:take("b", 10, { burst = 3 })))
+  end)
+
   it("never shows a value in tostring or through the store's fields", function()
     local secret = "S3cr3tT0k3nValue"
     assert.is_true(s:set("token", secret, 60))
@@ -119,6 +134,8 @@ local function behaves_like_a_store(make)
       function() s:set("k", "v", -1) end,
       function() s:lock("k", "", 5) end,
       function() s:lock("k", "o") end,
+      function() s:take("k", 0) end,
+      function() s:take("k", 1, { burst = 0 }) end,
     }) do
       local ok, err = pcall(bad)
       assert.is_false(ok)

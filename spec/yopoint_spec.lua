@@ -357,10 +357,39 @@ describe("kaifang.yopoint against the sandbox", function()
     platform_error(err2, 50001, "MISSING_PARAMS_CONTENT")
   end)
 
-  it("accepts seconds as well as milliseconds", function()
+  it("reads milliseconds, as the document's example and Postman script send; seconds with its timestamp_unit setting", function()
     local s = kaifang.yopoint.new{ appid = APPID, app_secret = SECRET, base_url = sb.url, timestamp_unit = "s" }
+    platform_error(select(2, s:api_test{}), 40006, "ERR_TIMESTAMP")
+    assert(sb:configure{ yopoint = { timestamp_unit = "s" } })
     assert(s:api_test{})
+    platform_error(select(2, yp:api_test{}), 40006, "ERR_TIMESTAMP")
+    assert(sb:configure{ yopoint = { strict = false } }) -- not strict: both, told apart by size
+    assert(s:api_test{})
+    assert(yp:api_test{})
     s:close()
+    local ok, err = sb:configure{ yopoint = { timestamp_unit = "us" } }
+    assert.is_nil(ok)
+    assert.matches('timestamp_unit must be "ms" or "s"', err, 1, true)
+  end)
+
+  it("refuses an acting method sent twice with the same sign (ERR_REPEAT) and counts it; a repeated read passes", function()
+    local t0 = require("kaifang.core").now()
+    local fixed = kaifang.yopoint.new{ appid = APPID, app_secret = SECRET, base_url = sb.url, clock = function() return t0 end }
+    assert(fixed:cabinet_list{})
+    assert(fixed:cabinet_list{})
+    assert(fixed:cabinet_open_door{ TID = "YP0001", DoorNo = 1 })
+    platform_error(select(2, fixed:cabinet_open_door{ TID = "YP0001", DoorNo = 1 }), 40010, "ERR_REPEAT")
+    fixed:close()
+    assert.are.equal(1, #assert(sb:records("yopoint", "doors")))
+    -- the same door again a moment later (another timestamp, so another sign): done, and counted
+    local later = kaifang.yopoint.new{ appid = APPID, app_secret = SECRET, base_url = sb.url, clock = function() return t0 + 0.5 end }
+    assert(later:cabinet_open_door{ TID = "YP0001", DoorNo = 1 })
+    later:close()
+    assert.are.equal(2, #assert(sb:records("yopoint", "doors")))
+    local c = assert(sb:counters()).yopoint
+    assert.are.equal(2, c.duplicates)
+    assert.are.equal(1, c.refused)
+    assert.matches("method=cabinet.open.door", assert(sb:records("yopoint", "duplicates"))[1].content, 1, true)
   end)
 
   it("refuses a wrong secret (ERR_SIGN), an unknown appid, a skewed clock, an unknown method", function()
@@ -406,6 +435,7 @@ describe("kaifang.yopoint against the sandbox", function()
     os.remove(state)
     local entered = assert(sb:records("lingdian", "orders"))
     assert.are.equal(2, #entered)
+    assert.are.equal(0, assert(sb:counters()).lingdian.duplicates) -- no order entered twice
     assert.are.equal("U2TD844B2", entered[1].params.shop_code)
     assert.are.equal("U2SHOP001", entered[2].params.shop_code)
   end)
@@ -427,9 +457,13 @@ describe("kaifang.yopoint against the sandbox", function()
       local paid = assert(yp:consumer_order_get{ ReceiptNo = r.receipt_no }).data
       assert.are.equal(1, paid.PayStatus)
       assert.are.equal("BANK-001", paid.TradeNo)
-      -- the same notice again is still success (idempotent); another trade for it is not
+      -- the same notice again is still success (idempotent), and the duplicate detector sees it;
+      -- another trade for it is not
       assert(yp:pay_notify{ notify_url = r.notify_url, receipt_no = r.receipt_no, trade_no = "BANK-001",
-                            trade_status = 1, price = o.Amount })
+                            trade_status = 1, trade_rawdata = { bank = "demo" }, price = o.Amount })
+      local counted = assert(sb:counters()).yopoint
+      assert.are.equal(1, counted.duplicates)
+      assert.are.equal(0, counted.refused)
       local ok, err = yp:pay_notify{ notify_url = r.notify_url, receipt_no = r.receipt_no, trade_no = "BANK-002",
                                      trade_status = 1, price = o.Amount }
       assert.is_nil(ok)

@@ -75,12 +75,8 @@ describe("kaifang.zafu against the sandbox", function()
     return status, cjson.decode(text)
   end
 
-  it("prints its demo credentials", function()
-    local found = false
-    for _, line in ipairs(sb.credentials) do
-      if line == "zafu client_id=" .. CLIENT_ID .. " client_secret=" .. SECRET .. " app_id=" .. APP_ID then found = true end
-    end
-    assert.is_true(found)
+  it("tells its demo account", function()
+    assert.same({ client_id = CLIENT_ID, client_secret = SECRET, app_id = APP_ID }, sb.credentials.zafu)
   end)
 
   describe("the access token", function()
@@ -319,6 +315,24 @@ describe("kaifang.zafu against the sandbox", function()
       assert.same({ "content" }, err.fields)
     end)
 
+    it("msg_send: xgh \"学工号,App内部消息时,必填。其他类型选填也可发送\"; messageTo \"5/6.发App消息,传跳转url 选填\"", function()
+      local z = new()
+      assert(z:msg_send{ content = "验证码 1234", messageType = 1, messageTo = "13800001111" }) -- an SMS: no xgh
+      assert(z:msg_send{ content = "mail", messageType = 4, messageTo = "wang@zafu.edu.cn" })
+      assert(z:msg_send{ content = "app", xgh = "20121032", messageType = 5 }) -- an App message: no link
+      local sent = assert(sb:records("zafu", "messages"))
+      assert.equal(3, #sent)
+      assert.is_nil(sent[1].xgh)
+      assert.is_nil(sent[3].messageTo)
+    end)
+
+    it("get_message_status: messageTo \"5/6.发App消息,传跳转url 选填 8.发App任务,传任务id 必填\"", function()
+      local z = new()
+      assert(z:msg_send{ content = "请阅读", xgh = "20121032", messageType = 6 })
+      local res = assert(z:get_message_status{ xgh = "20121032", messageType = 6 })
+      assert.equal(1, #res.data)
+    end)
+
     it("get_message_status: parameters in a form body; unread, then read", function()
       local t = recording()
       local z = new({ transport = t })
@@ -395,6 +409,45 @@ describe("kaifang.zafu against the sandbox", function()
       assert.equal(200, status)
       assert.equal("error", doc.type)
       assert.same({ "termSn", "name", "xgh", "idCard", "userType", "scanDate" }, doc.errorFields)
+    end)
+
+    it("scan_record: scanDate as the document writes it, yy-MM-dd hh:mm:ss (a 12-hour clock); strict off: any", function()
+      local z = new()
+      for _, date in ipairs({ "2024-07-04 10:15:00", "24-07-04 14:15:00", "24-07-04 00:15:00", "24-13-04 10:15:00" }) do
+        local res, err = z:scan_record(scan({ scanDate = date }))
+        assert.is_nil(res, date)
+        assert.equal("扫码时间格式错误", err.message)
+        assert.same({ "scanDate" }, err.fields)
+      end
+      assert(z:scan_record(scan({ scanDate = "24-07-04 12:59:59" })))
+      assert(sb:configure({ zafu = { strict = false } }))
+      assert(z:scan_record(scan({ scanDate = "2024-07-04 14:15:00" })))
+      assert(z:scan_record(scan({ scanDate = "24-07-04 00:15:00" })))
+    end)
+
+    it("msg_create: userno (学工号, true) must be known whatever the scope; strict off: only for scope 6", function()
+      local z = new()
+      local res, err = z:msg_create{ content = "x", scope = 1, userno = "99999999", channel = 1 }
+      assert.is_nil(res)
+      assert.equal("学工号不存在", err.message)
+      assert(sb:configure({ zafu = { strict = false } }))
+      assert(z:msg_create{ content = "x", scope = 1, userno = "99999999", channel = 1 })
+    end)
+
+    it("counts an action sent twice (ZAFU signs nothing: counted, never refused); a read is not counted", function()
+      local z = new()
+      assert(z:must_task_list())
+      assert(z:must_task_list())
+      assert(z:msg_send{ content = "明天上午体检", xgh = "20121032", messageType = 5, dataKey = "n-1" })
+      assert(z:msg_send{ content = "明天上午体检", xgh = "20121032", messageType = 5, dataKey = "n-1" })
+      assert(z:msg_send{ content = "明天上午体检", xgh = "20230417", messageType = 5, dataKey = "n-2" })
+      assert.equal(3, #assert(sb:records("zafu", "messages")))
+      local c = assert(sb:counters()).zafu
+      assert.equal(1, c.duplicates)
+      assert.equal(0, c.refused)
+      local d = assert(sb:records("zafu", "duplicates"))
+      assert.equal("/api/msgsend", d[1].path)
+      assert.is_nil(d[1].content:find("access_token", 1, true))
     end)
 
     it("scan_record: CBC with an IV and hex, as client options", function()
@@ -679,6 +732,16 @@ describe("kaifang.zafu misuse raises at the caller's line", function()
     assert.matches("'messageType'", raises_at_line(function() here(); z:msg_send{ content = "x", xgh = "1", messageType = 2, messageTo = "u" } end))
     assert.matches("'templateId'", raises_at_line(function() here(); z:msg_send{ content = "{}", xgh = "1", messageType = 3, messageTo = "o" } end))
     assert.matches("'messageType'", raises_at_line(function() here(); z:get_message_status{ xgh = "1", messageType = 1, messageTo = "u" } end))
+    -- the conditional requirements, each naming its rule
+    local err = raises_at_line(function() here(); z:msg_send{ content = "x", messageType = 5, messageTo = "u" } end)
+    assert.matches("missing required parameter 'xgh' for messageType 5 (学工号: required for the App types 5, 6, 7 and 8; optional for 1, 3 and 4)", err, 1, true)
+    err = raises_at_line(function() here(); z:msg_send{ content = "x", xgh = "1", messageType = 1 } end)
+    assert.matches("missing required parameter 'messageTo' for messageType 1: a phone number (required for 1, 3, 4, 7 and 8; optional for 5 and 6)", err, 1, true)
+    assert.matches("for messageType 7: a task id", raises_at_line(function() here(); z:msg_send{ content = "x", xgh = "1", messageType = 7 } end), 1, true)
+    assert.matches("for messageType 3: an OpenId", raises_at_line(function() here(); z:msg_send{ content = "{}", messageType = 3, templateId = "T" } end), 1, true)
+    err = raises_at_line(function() here(); z:get_message_status{ xgh = "1", messageType = 8 } end)
+    assert.matches("missing required parameter 'messageTo' for messageType 8: a task id", err, 1, true)
+    assert.matches("'xgh'", raises_at_line(function() here(); z:get_message_status{ messageType = 5 } end))
     assert.matches("'idCard'", raises_at_line(function()
       here(); z:scan_record{ termName = "t", termSn = "s", name = "n", xgh = "x", idCard = 110105194912310020, userType = "学生", scanDate = "d" }
     end))

@@ -1,17 +1,24 @@
 -- kaifang.batch(calls, opts): many calls at once on one libcurl multi handle, within rate
 -- limits, never repeating what may have taken effect.
 --
--- calls: an array of { client, "method_name", args [, { idempotent = bool }] }, or a function
--- returning the next one (nil at the end), so a batch of a million is streamed.
--- opts: concurrency (32), rate (requests per second per client; nil = unlimited),
---   max_attempts (4), backoff_base (0.1 s), backoff_cap (5 s), on_result(i, value, err, extra),
---   progress (true: a progress line on stderr when it is a terminal), total (for the progress
---   line of a streamed batch), on_request/on_response (hooks, as on a client).
+-- calls: an array of { client, "method_name", args [, { idempotent = bool, key = "..." }] }, or a
+-- function returning the next one (nil at the end), so a batch of a million is streamed.
+-- opts: concurrency (32), rate (requests per second per client in this process; nil = unlimited;
+--   a client's own `rate` option is shared through its store and holds too), max_attempts (4),
+--   backoff_base (0.1 s), backoff_cap (5 s), on_result(i, value, err, info) (info: key, and
+--   skipped = true for an outcome recorded before), progress (true: a progress line on stderr when
+--   it is a terminal), total (for the progress line of a streamed batch), on_request/on_response
+--   (hooks, as on a client), journal (kaifang.journal.sqlite or .redis: see kaifang.journal),
+--   stop (a function asked between steps: true stops taking calls and lets those in flight
+--   finish, "now" settles them as they are).
 -- Each call goes out with its own client's transport settings (proxy, TLS checks, CA, timeouts,
 -- user agent); a client whose transport is not libcurl's sends through that transport, one call
 -- at a time.
--- Returns { ok = n, failed = n, maybe_sent = n, retries = n, elapsed = seconds }: every call
--- ends in exactly one of ok, failed and maybe_sent (it may have reached the platform; reconcile).
+-- Returns { ok = n, failed = n, maybe_sent = n, skipped = n, retries = n, elapsed = seconds }:
+-- every call ends in exactly one of ok, failed and maybe_sent (it may have reached the platform;
+-- reconcile), or, with a journal, skipped: its outcome was recorded before and is reported again.
+-- stopped = true when stop ended it early (the calls not reached are left for the next run);
+-- error = err when the journal failed (nothing is sent without it).
 local core = require "kaifang.core"
 local client = require "kaifang.client"
 local errors = require "kaifang.errors"
@@ -53,12 +60,13 @@ local function source(calls)
       item.err = argument_error(c, "call " .. i .. ": no such method '" .. tostring(name) .. "'")
       return item
     end
-    local msg = client.validate(ep, args) or client.check_call_opts(call_opts)
+    local msg = client.validate(ep, args, c) or client.check_call_opts(call_opts)
     if msg then
       item.err = argument_error(c, name .. ": " .. msg)
       return item
     end
     item.ep, item.acts = ep, client.acts(ep, call_opts)
+    item.key = call_opts and call_opts.key
     return item
   end
 end
@@ -115,21 +123,23 @@ local function heap_pop(h)
 end
 
 local function progress_line(s, total, started)
-  local done = s.ok + s.failed + s.maybe_sent
-  local rate = done / math.max(monotonic() - started, 1e-3)
+  local done = s.ok + s.failed + s.maybe_sent + s.skipped
+  local rate = (done - s.skipped) / math.max(monotonic() - started, 1e-3)
   local bar = ""
   if total and total > 0 then
     local width = 30
     local filled = math.floor(width * done / total)
     bar = "[" .. ("#"):rep(filled) .. (" "):rep(width - filled) .. "] "
   end
-  io.stderr:write(("\r%s%d%s  ok %d  failed %d  maybe sent %d  %.0f/s "):format(
-    bar, done, total and ("/" .. total) or "", s.ok, s.failed, s.maybe_sent, rate))
+  io.stderr:write(("\r%s%d%s  ok %d  failed %d  maybe sent %d%s  %.0f/s "):format(
+    bar, done, total and ("/" .. total) or "", s.ok, s.failed, s.maybe_sent,
+    s.skipped > 0 and ("  skipped " .. s.skipped) or "", rate))
 end
 
 local OPTIONS = {
   concurrency = true, rate = true, max_attempts = true, backoff_base = true, backoff_cap = true,
   on_result = true, progress = true, total = true, on_request = true, on_response = true,
+  journal = true, stop = true,
 }
 
 -- Transport settings are each client's: a batch-wide one would bypass a client's proxy or CA.
@@ -162,25 +172,48 @@ function M.run(calls, opts)
   local concurrency = opts.concurrency or 32
   local max_attempts = opts.max_attempts or 4
   local on_result, on_request, on_response = opts.on_result, opts.on_request, opts.on_response
+  if opts.stop ~= nil and type(opts.stop) ~= "function" then error("kaifang.batch: stop must be a function", 2) end
   local next_call = source(calls)
-  local multi = core.multi{ concurrency = concurrency }
-  local limit = limiter(opts.rate)
-  local inflight, active, waiting = {}, 0, {}
-  local summary = { ok = 0, failed = 0, maybe_sent = 0, retries = 0 }
-  local started = monotonic()
-  local show = opts.progress and core.isatty(2)
-  local total = opts.total or (type(calls) == "table" and #calls or nil)
-  local next_draw, pending, exhausted = 0, nil, false
+  local summary = { ok = 0, failed = 0, maybe_sent = 0, skipped = 0, retries = 0 }
 
-  local function finish(item, value, extra)
-    if value ~= nil then
+  -- counted and handed to on_result; with a journal, once the outcome is written
+  local function report(item, value, extra, info)
+    if info and info.skipped then
+      summary.skipped = summary.skipped + 1
+    elseif value ~= nil then
       summary.ok = summary.ok + 1
     elseif extra and extra.maybe_sent then
       summary.maybe_sent = summary.maybe_sent + 1
     else
       summary.failed = summary.failed + 1
     end
-    if on_result then on_result(item.index, value, extra) end
+    if on_result then on_result(item.index, value, extra, info) end
+  end
+
+  local gate -- the journal's side (kaifang.journal.gate): claims each call before it is sent
+  if opts.journal ~= nil then
+    local Gate = require "kaifang.journal.gate"
+    local bad = Gate.check(opts.journal)
+    if bad then error("kaifang.batch: journal " .. bad, 2) end
+    gate = Gate.new(opts.journal, { concurrency = concurrency, report = report })
+    local ok, err = gate:begin()
+    if not ok then
+      summary.error, summary.stopped, summary.elapsed = err, true, 0
+      return summary
+    end
+  end
+  local multi = core.multi{ concurrency = concurrency }
+  local limit = limiter(opts.rate)
+  local inflight, active, waiting = {}, 0, {}
+  local started = monotonic()
+  local show = opts.progress and core.isatty(2)
+  local total = opts.total or (type(calls) == "table" and #calls or nil)
+  local next_draw, pending, exhausted = 0, nil, false
+
+  -- unsent: it failed here before leaving (a journal then forgets it, for the next run to send)
+  local function finish(item, value, extra, unsent)
+    if item.claimed then return gate:settle(item, value, extra, unsent) end
+    report(item, value, extra)
   end
 
   -- The next item that may start now: a retry whose backoff has passed, then the stream.
@@ -192,9 +225,53 @@ function M.run(calls, opts)
       return item
     end
     if exhausted then return nil end
-    local item = next_call()
-    if not item then exhausted = true end
+    local item
+    if gate then
+      item, exhausted = gate:next(next_call, now)
+    else
+      item = next_call()
+      exhausted = item == nil
+    end
     return item
+  end
+
+  -- A client with a shared rate (its own `rate` option) takes its turn in its store first; a turn
+  -- further off makes the call wait for it among the retries. -> true when it may start now.
+  local function turn(item, now)
+    if not item.client.rate or item.turn then
+      item.turn = nil
+      return true
+    end
+    local wait, err = item.client:reserve_turn()
+    if not wait then
+      finish(item, nil, err, true)
+      return false
+    end
+    if wait <= 0 then return true end
+    item.turn, item.due = true, now + wait
+    heap_push(waiting, item)
+    return false
+  end
+
+  -- opts.stop said so: what has not left is dropped (released from the journal, for the next
+  -- run); with "now", the transfers in flight are abandoned too and settled as they stand.
+  local stopping = false
+  local function stop(how)
+    if not stopping then
+      stopping, exhausted, summary.stopped = true, true, true
+      local held = {}
+      if pending then held[1], pending = pending, nil end
+      for i, item in ipairs(waiting) do held[#held + 1] = item; waiting[i] = nil end
+      if gate then gate:stop(held) end
+    end
+    if how == "now" then
+      for slot, item in pairs(inflight) do
+        inflight[slot] = nil
+        active = active - 1
+        finish(item, nil, errors.new{ platform = item.client.platform, kind = "interrupted", maybe_sent = item.acts,
+          message = "abandoned in flight: the batch was stopped" .. (item.acts and "; it may have reached the platform" or "") })
+      end
+    end
   end
 
   local complete -- start finishes a call that did not go through the multi handle at once
@@ -205,7 +282,7 @@ function M.run(calls, opts)
     -- built just before it is sent: a fresh timestamp, and nothing built ahead of time
     local ok, req = pcall(c.build_request, c, item.ep, item.args)
     if not ok then
-      finish(item, nil, argument_error(c, tostring(req)))
+      finish(item, nil, argument_error(c, tostring(req)), true)
       return
     end
     req.timeout = req.timeout or c.timeout
@@ -264,6 +341,11 @@ function M.run(calls, opts)
   while true do
     local now = monotonic()
     local wake = nil -- the soonest moment something held back may start
+    if gate then gate:tick(now) end
+    if opts.stop and not (stopping and active == 0) then
+      local how = opts.stop()
+      if how then stop(how) end
+    end
     while active < concurrency do
       local item = take_next(now)
       if not item then break end
@@ -277,8 +359,13 @@ function M.run(calls, opts)
           wake = now + w
           break
         end
-        start(item, now)
+        if turn(item, now) then start(item, now) end
       end
+    end
+    if gate then
+      gate:flush() -- what settled and was not written with a window
+      local w = not exhausted and gate:wake(now)
+      if w then wake = math.min(wake or math.huge, w) end
     end
     if waiting[1] then wake = math.min(wake or math.huge, waiting[1].due) end
     if active == 0 and not pending and exhausted and not waiting[1] then break end
@@ -302,6 +389,10 @@ function M.run(calls, opts)
     end
   end
   multi:close()
+  if gate then
+    gate:finish()
+    summary.error = gate.error
+  end
   summary.elapsed = monotonic() - started
   if show then
     progress_line(summary, total, started)

@@ -94,8 +94,9 @@ function M.check_args(spec, args)
   end
 end
 
--- Per-call options: { idempotent = true | false }. nil, or what is wrong with them.
-local CALL_OPTIONS = { idempotent = "boolean" }
+-- Per-call options: { idempotent = true | false, key = "..." }. key names the call in a batch's
+-- journal (kaifang.journal); a single call has no use for it. nil, or what is wrong with them.
+local CALL_OPTIONS = { idempotent = "boolean", key = "string" }
 
 function M.check_call_opts(call_opts)
   if call_opts == nil then return nil end
@@ -104,6 +105,7 @@ function M.check_call_opts(call_opts)
     local want = CALL_OPTIONS[k]
     if not want then return M.unknown("per-call option", k, CALL_OPTIONS) end
     if type(v) ~= want then return ("per-call option '%s' must be a %s, got %s"):format(k, want, type(v)) end
+    if v == "" then return ("per-call option '%s' must not be empty"):format(k) end
   end
 end
 
@@ -121,7 +123,7 @@ function M.define(platform, endpoints)
       if getmetatable(self) ~= Class then
         fail(platform, "call " .. name .. " as a method: client:" .. name .. "{...}", 2)
       end
-      local msg = M.validate(ep, args) or M.check_call_opts(call_opts)
+      local msg = M.validate(ep, args, self) or M.check_call_opts(call_opts)
       if msg then fail(platform, name .. ": " .. msg, 2) end
       return self:call_endpoint(ep, args or {}, call_opts)
     end
@@ -129,10 +131,11 @@ function M.define(platform, endpoints)
   return Class
 end
 
--- nil, or what is wrong with the arguments of a call to ep.
-function M.validate(ep, args)
+-- nil, or what is wrong with the arguments of a call to ep by client c (ep.check(args, c) may
+-- read the client's options).
+function M.validate(ep, args, c)
   local msg = ep.params and M.check_args(ep.params, args == nil and {} or args)
-  if not msg and ep.check then msg = ep.check(args) end
+  if not msg and ep.check then msg = ep.check(args, c) end
   return msg
 end
 
@@ -165,12 +168,14 @@ end
 -- "ngx_thread", "resty_http"; see kaifang.transport), thread_pool (ngx_thread),
 -- keepalive_timeout and keepalive_pool (resty_http), clock (a function returning unix seconds;
 -- for clock skew and tests), max_attempts (1: a retryable failure is returned at once; more:
--- retried with backoff, only where it cannot duplicate), on_request, on_response, debug.
+-- retried with backoff, only where it cannot duplicate), on_request, on_response, debug,
+-- rate (calls per second for the platform account, shared by everyone using rate_store) and
+-- rate_store (a store with take; default: ZAFU's token_store, else one memory store per process).
 M.COMMON_OPTIONS = {
   base_url = true, timeout = true, connect_timeout = true, ssl_verify = true, cainfo = true, capath = true,
   proxy = true, user_agent = true, max_body = true, transport = true, thread_pool = true,
   keepalive_timeout = true, keepalive_pool = true, clock = true, max_attempts = true,
-  on_request = true, on_response = true, debug = true,
+  on_request = true, on_response = true, debug = true, rate = true, rate_store = true,
 }
 
 -- A number of seconds an option may hold: finite (NaN and infinities fail), above 0 (or 0 when
@@ -243,9 +248,49 @@ function M.new(Class, opts, fields)
   if opts.debug ~= nil and type(opts.debug) ~= "boolean" then fail(platform, "option 'debug' must be true or false", 3) end
   M.hooks(self, opts)
   self.clock = opts.clock or os.time
+  -- the account (developer_code, client_id, appid) names the client's calls in a journal and its rate
+  self.account = self[fields.required[1]]
+  M.rate(self, opts, 3)
   local transport, terr = require("kaifang.transport").select(opts) -- explicit option, else nginx's or libcurl
   self.transport = transport or fail(platform, terr, 3)
   return self
+end
+
+-- A rate shared through a store: every client of the account that uses the same store takes its
+-- turn there (GCRA, so calls are evenly spaced), across processes with a file store and across
+-- machines with Redis. The key names the platform, the account and the base URL.
+local default_rate_store
+
+function M.rate(self, opts, level)
+  local rate, rs = opts.rate, opts.rate_store
+  if rate ~= nil and (type(rate) ~= "number" or rate <= 0) then
+    fail(self.platform, "option 'rate' must be a positive number of calls per second", level + 1)
+  end
+  if rs ~= nil then
+    local msg = require("kaifang.store").check(rs, { "take" })
+    if msg then fail(self.platform, "option 'rate_store': " .. msg, level + 1) end
+  end
+  self.rate, self.rate_store = rate, rs
+  self.rate_key = ("rate:%s:%s@%s"):format(self.platform, tostring(self.account), self.base_url)
+end
+
+-- Reserves this client's next turn under its shared rate: -> seconds to wait (0 without a rate),
+-- or nil, err: a turn further than max_wait (kind "timeout", code "rate_limit"; nothing
+-- reserved), or the store's failure.
+function Base:reserve_turn(max_wait)
+  if not self.rate then return 0 end
+  if not self.rate_store then
+    default_rate_store = default_rate_store or require("kaifang.store").memory()
+    self.rate_store = default_rate_store
+  end
+  local wait, over = self.rate_store:take(self.rate_key, self.rate, { max_wait = max_wait })
+  if wait then return wait end
+  if type(over) ~= "number" then return nil, over end
+  return nil, self:error{
+    kind = "timeout", code = "rate_limit", retryable = true,
+    message = ("the shared rate of %g calls/s would hold this call %.1f s, past its timeout of %g s"):format(
+      self.rate, over, max_wait),
+  }
 end
 
 -- The client's secret, for its own platform module only: not a method, so it is not reachable
@@ -326,6 +371,11 @@ end
 
 function Base:send(ep, req)
   req.timeout = req.timeout or self.timeout
+  if self.rate then -- wait for the shared turn, or give up when it is further away than the timeout
+    local wait, werr = self:reserve_turn(req.timeout)
+    if not wait then return nil, werr end
+    if wait > 0 then require("kaifang.transport").sleep(wait) end
+  end
   local res, err = self.transport:request(req)
   if not res then
     err.platform = self.platform

@@ -26,10 +26,12 @@ local ENDPOINTS = {
 
 local RESERVED = { client_id = true, app_id = true, timestamp = true, sign = true }
 
--- Values are signed and sent as the same text: strings as they are, whole numbers as integers.
--- A fractional number would be written one way in JSON and possibly another in the signature,
--- and an empty string is signed differently by the document's PHP (kept) and by the scheme
--- (dropped), so both are refused.
+-- Parameters the document types as strings: a whole number given for one is sent as its digits.
+local STRINGS = { serial_no = true }
+
+-- Values are signed and sent as the same text: strings as they are (an empty one signed as
+-- "k=", as the document's PHP demo does), whole numbers as integers. A fractional number would
+-- be written one way in JSON and possibly another in the signature, so it is refused.
 local function check_params(args, required, strict)
   if args == nil then args = {} end
   if type(args) ~= "table" then return "expected a table of parameters, got " .. type(args) end
@@ -44,9 +46,7 @@ local function check_params(args, required, strict)
         return "parameter '" .. k .. "' must be a whole number or a string, got " .. tostring(v)
       end
     elseif type(v) == "string" then
-      if v == "" then
-        return known[k] and ("missing required parameter '" .. k .. "'") or ("parameter '" .. k .. "' is empty: omit it instead")
-      end
+      if v == "" and known[k] then return "missing required parameter '" .. k .. "'" end
     else
       return "parameter '" .. k .. "' must be a string or a whole number, got " .. type(v)
     end
@@ -139,7 +139,10 @@ end
 
 function Dakashi:build_request(ep, args)
   local params = {}
-  for k, v in pairs(args) do params[k] = type(v) == "number" and tointeger(v) or v end
+  for k, v in pairs(args) do
+    if type(v) == "number" then v = STRINGS[k] and string.format("%d", tointeger(v)) or tointeger(v) end
+    params[k] = v
+  end
   params[self.id_field] = self.client_id
   params.timestamp = math.floor(self.clock())
   local signed = client.sign(self, params)
@@ -152,16 +155,25 @@ function Dakashi:build_request(ep, args)
   }
 end
 
--- Known codes (the document gives 0 and 50000; the 55001-55019 range comes from public
--- integrations). Only "too frequent" is worth repeating.
+-- Known codes: the document gives 0 and 50000; 55001-55015 are the sandbox's reading (README:
+-- "What the documents leave open"), every code it answers. Only "too frequent" is worth repeating.
 M.ERRORS = {
   [50000] = "unknown error",
   [55001] = "bad client_id / app_id",
   [55002] = "IP not whitelisted",
   [55003] = "bad sign",
   [55004] = "card not found",
-  [55005] = "bad timestamp",
+  [55005] = "bad or expired timestamp",
   [55006] = "too frequent",
+  [55007] = "missing parameter",
+  [55008] = "malformed parameter or body",
+  [55009] = "card state does not allow this",
+  [55010] = "no such product",
+  [55011] = "no such order",
+  [55012] = "no such prepaid card",
+  [55013] = "message too long",
+  [55014] = "custom number already in use",
+  [55015] = "repeated request (a replay)",
 }
 local TOO_FREQUENT = 55006
 

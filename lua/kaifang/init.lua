@@ -6,7 +6,8 @@ local M = {
 }
 
 -- Platform modules load on first use, so a script that needs one platform loads one.
-local lazy = { lingdian = true, zafu = true, yopoint = true, dakashi = true, store = true, sandbox = true }
+local lazy = { lingdian = true, zafu = true, yopoint = true, dakashi = true, store = true, sandbox = true,
+               journal = true }
 
 -- kaifang.batch(calls, opts) -> summary; see kaifang/batch.lua.
 function M.batch(calls, opts)

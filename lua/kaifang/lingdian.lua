@@ -28,21 +28,36 @@ local Lingdian = client.define("lingdian", {
       end
     end,
   },
-  -- D: an IoT-card reminder (package expiry or usage threshold)
+  -- D: an IoT-card reminder (package expiry or usage threshold) to the user of the card msisdn/
+  -- iccid. Its tel is "开发者手机号", the developer's own phone: the client option developer_tel.
   user_card_remind = {
-    path = "/api/Developer/userCardRemind", acts = true,
-    params = { tel = "text!", msisdn = "text!", iccid = "text!", remind = "text!", expire_time = "text!" },
+    path = "/api/Developer/userCardRemind", acts = true, developer_tel = true,
+    params = { tel = "text", msisdn = "text!", iccid = "text!", remind = "text!", expire_time = "text!" },
+    check = function(args, c)
+      if (args.tel == nil or args.tel == "") and not (c and c.developer_tel) then
+        return "missing required parameter 'tel' (开发者手机号, the developer's own phone, not the card user's: "
+          .. "set the client option developer_tel)"
+      end
+    end,
   },
 })
 
 M.Client = Lingdian
 M.ORDER_TYPES = ORDER_TYPES
 
--- kaifang.lingdian.new{ developer_code=, developer_key=, base_url="https://www.0xiao.com", timeout=15, ... }
+-- kaifang.lingdian.new{ developer_code=, developer_key=, developer_tel=, base_url="https://www.0xiao.com",
+--                      timeout=15, ... }; developer_tel: the phone registered for the developer (D's tel)
 function M.new(opts)
-  return (client.new(Lingdian, opts, { -- not a tail call: client.new raises at level 3, our caller
+  local self = client.new(Lingdian, opts, { -- not a tail call: client.new raises at level 3, our caller
     required = { "developer_code" }, secret = "developer_key", base_url = "https://www.0xiao.com",
-  }))
+    options = { "developer_tel" },
+  })
+  local tel = opts.developer_tel
+  if tel ~= nil and not (type(tel) == "string" and tel:match("^%d+$")) then
+    error("kaifang.lingdian: option 'developer_tel' must be a phone number written as a string of digits", 2)
+  end
+  self.developer_tel = tel
+  return self
 end
 
 function Lingdian:__tostring()
@@ -55,8 +70,9 @@ function Lingdian:build_request(ep, args)
   local params = {}
   for k, v in pairs(args) do params[k] = v end
   params.developer_code = self.developer_code
+  if ep.developer_tel and (params.tel == nil or params.tel == "") then params.tel = self.developer_tel end
   params.type = ep.type
-  params.timestamp = math.floor(self.clock())
+  params.timestamp = math.floor(self.clock()) -- seconds (README: "What the documents leave open")
   local signed = client.sign(self, params)
   return {
     method = "POST",

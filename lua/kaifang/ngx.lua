@@ -56,6 +56,7 @@ M.modules = {
   "kaifang", "kaifang.core", "kaifang.errors", "kaifang.sign", "kaifang.client", "kaifang.batch",
   "kaifang.lingdian", "kaifang.zafu", "kaifang.yopoint", "kaifang.dakashi",
   "kaifang.store", "kaifang.store.ngx_shared",
+  "kaifang.journal", "kaifang.journal.gate", "kaifang.journal.sqlite", "kaifang.journal.redis",
   "kaifang.transport", "kaifang.transport.curl", "kaifang.transport.ngx_thread", "kaifang.transport.resty_http",
   "kaifang.ngx", "cjson", "cjson.safe",
 }

@@ -8,7 +8,8 @@ local M = {}
 M.schemes = {
   lingdian = { exclude = { "sign", "sign_type", "key", "developer_key" }, drop_empty = true, joiner = "", digest = "md5" },
   yopoint = { exclude = { "sign" }, drop_empty = false, joiner = "&", digest = "md5" },
-  dakashi = { exclude = { "sign" }, drop_empty = true, joiner = "", digest = "sha1", upper = true },
+  -- the document's PHP demo (formatBizQueryParaMap) joins every parameter, an empty one as "k="
+  dakashi = { exclude = { "sign" }, drop_empty = false, joiner = "", digest = "sha1", upper = true },
 }
 
 local signers = {}

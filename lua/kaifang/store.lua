@@ -1,5 +1,6 @@
 -- kaifang.store: where a shared secret such as an access token lives, so that every process (or
--- machine) that needs it uses the same one instead of each fetching its own.
+-- machine) that needs it uses the same one instead of each fetching its own; and a rate that
+-- they all share.
 --
 --   kaifang.store.memory()                      one process (the default of the clients)
 --   kaifang.store.file(path [, opts])           the processes of one machine
@@ -17,7 +18,15 @@
 --        starts again); false while another owner holds it. A lock is a key of its own.
 --   store:unlock(key, owner)            -> true (released) | false (not held by owner) | nil, err
 --
--- delete_if_equal, lock and unlock must each be atomic. err is a kaifang error with platform
+-- And a rate that everyone using the store shares (GCRA: a token bucket of `burst` slots, one
+-- every 1/rate seconds, so calls are spaced evenly instead of bunched), which a client's `rate`
+-- option uses (see kaifang.client):
+--
+--   store:take(key, rate [, { burst = 1, max_wait = nil }]) -> wait | nil, wait | nil, err
+--        reserves the next of `rate` slots per second under key: go after `wait` seconds (0: now).
+--        With max_wait, a slot further away than that is not reserved: nil, wait.
+--
+-- delete_if_equal, lock, unlock and take must each be atomic. err is a kaifang error with platform
 -- "store" and kind "store" (err.code says more: "io", "connect", "timeout", "decode", ...).
 -- Stored values are secrets: tostring(store) names the kind and the place, never a value, and no
 -- error carries one.
@@ -39,8 +48,9 @@ local function from_core(e, where)
   return store_error(e.kind, (where and (where .. ": ") or "") .. tostring(e.message))
 end
 
--- The stores' argument checks, raising "<prefix>: ..." at `level` as error() counts it; for
--- this module and kaifang.store.ngx_shared only. -> fail, check_key, check_value, check_ttl, check_owner
+-- The stores' argument checks, raising "<prefix>: ..." at `level` as error() counts it; for this
+-- module and kaifang.store.ngx_shared only. -> fail, check_key, check_value, check_ttl,
+-- check_owner, check_take (rate, opts, level -> interval, burst, max_wait or nil)
 function M.argument_checks(prefix)
   local function fail(msg, level) error(prefix .. ": " .. msg, level + 1) end
   return fail,
@@ -58,17 +68,43 @@ function M.argument_checks(prefix)
     end,
     function(owner, level)
       if type(owner) ~= "string" or owner == "" then fail("the lock owner must be a non-empty string", level + 1) end
+    end,
+    function(rate, opts, level)
+      if type(rate) ~= "number" or rate <= 0 then fail("the rate must be a positive number of calls per second", level + 1) end
+      if opts ~= nil and type(opts) ~= "table" then fail("take's options must be a table", level + 1) end
+      opts = opts or {}
+      local burst, max_wait = opts.burst or 1, opts.max_wait
+      if type(burst) ~= "number" or burst < 1 then fail("option 'burst' must be a number >= 1", level + 1) end
+      if max_wait ~= nil and (type(max_wait) ~= "number" or max_wait < 0) then
+        fail("option 'max_wait' must be a number >= 0", level + 1)
+      end
+      return 1 / rate, burst, max_wait
     end
 end
 
-local fail, check_key, check_value, check_ttl, check_owner = M.argument_checks("kaifang.store")
+-- GCRA's step: tat is the theoretical arrival time of the next free slot (nil: none yet).
+-- -> the new tat and the wait when a slot is reserved, else nil and the wait.
+function M.gcra(tat, now, interval, burst, max_wait)
+  if type(tat) ~= "number" or tat < now then tat = now end
+  local wait = tat - now - (burst - 1) * interval
+  if wait < 0 then wait = 0 end
+  if max_wait and wait > max_wait then return nil, wait end
+  return tat + interval, wait
+end
+
+local fail, check_key, check_value, check_ttl, check_owner, check_take = M.argument_checks("kaifang.store")
 
 local METHODS = { "get", "set", "delete_if_equal", "lock", "unlock" }
 
--- nil when value can serve as a store, else a message naming what it lacks.
-function M.check(value)
+-- nil when value can serve as a store (with extra, a list of further methods it needs: { "take" }
+-- for a rate), else a message naming what it lacks.
+function M.check(value, extra)
   if type(value) ~= "table" and type(value) ~= "userdata" then return "a store is an object, got " .. type(value) end
-  for _, name in ipairs(METHODS) do
+  local names = {}
+  for _, list in ipairs({ METHODS, extra or {} }) do
+    for _, name in ipairs(list) do names[#names + 1] = name end
+  end
+  for _, name in ipairs(names) do
     local ok, fn = pcall(function() return value[name] end)
     if not ok or type(fn) ~= "function" then return "a store needs a method '" .. name .. "'" end
   end
@@ -85,7 +121,7 @@ function M.memory(opts)
   opts = opts or {}
   if opts.clock ~= nil and type(opts.clock) ~= "function" then fail("option 'clock' must be a function", 2) end
   local self = setmetatable({ now = opts.clock or core.now }, Memory)
-  private[self] = { values = {}, locks = {} }
+  private[self] = { values = {}, locks = {}, rates = {} }
   return self
 end
 
@@ -145,6 +181,16 @@ function Memory:unlock(key, owner)
     return true
   end
   return false
+end
+
+function Memory:take(key, rate, opts)
+  check_key(key, 2)
+  local interval, burst, max_wait = check_take(rate, opts, 2)
+  local rates = private[self].rates
+  local tat, wait = M.gcra(rates[key], self.now(), interval, burst, max_wait)
+  if not tat then return nil, wait end
+  rates[key] = tat
+  return wait
 end
 
 function Memory:__tostring() return "kaifang.store.memory" end
@@ -276,6 +322,17 @@ function File:unlock(key, owner)
   end)
 end
 
+-- In "<path>.rate", lines of key and time under an flock, without fsync: a rate need not
+-- outlive a crash (core.rate_file). The wall clock: every process of the machine reads the same.
+function File:take(key, rate, opts)
+  check_key(key, 2)
+  local interval, burst, max_wait = check_take(rate, opts, 2)
+  local wait, over = core.rate_file(self.path .. ".rate", key, interval, burst, max_wait or -1)
+  if wait then return wait end
+  if type(over) == "table" then return nil, from_core(over) end
+  return nil, over
+end
+
 function File:__tostring() return "kaifang.store.file(" .. self.path .. ")" end
 
 ---------------------------------------------------------------------------- redis
@@ -295,6 +352,22 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARG
 return 0]]
 
 local UNLOCK = DELETE_IF_EQUAL
+
+-- GCRA on the server's clock (TIME), so that machines with skewed clocks share one schedule; the
+-- wait goes back as text, since Redis turns a Lua number into an integer.
+-- ARGV: interval, burst, max_wait (< 0: none), all seconds
+local TAKE = [[
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local interval, burst, max_wait = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now then tat = now end
+local wait = tat - now - (burst - 1) * interval
+if wait < 0 then wait = 0 end
+if max_wait >= 0 and wait > max_wait then return { 0, tostring(wait) } end
+local nxt = tat + interval
+redis.call('SET', KEYS[1], string.format('%.6f', nxt), 'PX', math.ceil((nxt - now) * 1000) + 1000)
+return { 1, tostring(wait) }]]
 
 local Redis = {}
 Redis.__index = Redis
@@ -371,6 +444,18 @@ function Redis:unlock(key, owner)
   check_key(key, 2)
   check_owner(owner, 2)
   return flag(self:command({ "EVAL", UNLOCK, 1, self.prefix .. "lock:" .. key, owner }))
+end
+
+-- at prefix .. "rate:" .. key
+function Redis:take(key, rate, opts)
+  check_key(key, 2)
+  local interval, burst, max_wait = check_take(rate, opts, 2)
+  -- not repeated on a broken connection: a reply lost after the slot was taken would take two
+  local v, err = private[self]:command({ "EVAL", TAKE, 1, self.prefix .. "rate:" .. key, interval, burst, max_wait or -1 })
+  if err then return nil, from_core(err, "redis " .. self.host .. ":" .. tostring(self.port)) end
+  local wait = tonumber(v[2])
+  if v[1] == 1 then return wait end
+  return nil, wait
 end
 
 function Redis:close() private[self]:close() end

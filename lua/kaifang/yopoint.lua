@@ -419,7 +419,8 @@ local function verify_signed(self, input, key, what, opts)
   end
   fields.sign = nil
   local expected = sign.signer("yopoint"):sign(fields, key)
-  if not core.ct_equal(expected, got:lower()) then
+  -- the document: 签名(小写), md5 "转换为小写字母"; an upper-case sign is not one it makes
+  if not core.ct_equal(expected, got) then
     return nil, self:error{ kind = "signature", code = "bad_sign", message = what .. " sign does not match" }
   end
   -- timestamps in seconds; a value that can only be milliseconds is read as such
@@ -460,8 +461,9 @@ function Yopoint:verify_notify(params, opts)
   end
   local fields, err = verify_signed(self, params, key, "notice", opts)
   if not fields then return nil, err end
-  if fields.appid and fields.appid ~= self.appid then
-    return nil, self:error{ kind = "signature", code = "appid", message = "notice is for appid " .. fields.appid }
+  if fields.appid ~= self.appid then -- a common parameter of every signed request: required
+    return nil, self:error{ kind = "signature", code = "appid",
+                            message = fields.appid and ("notice is for appid " .. fields.appid) or "notice carries no appid" }
   end
   if fields.biz_content and fields.biz_content ~= "" then
     local data = client.json_decode(fields.biz_content) -- whole numbers as integers

@@ -30,6 +30,13 @@ local function text_of(v)
   return tostring(v)
 end
 
+local function absent(v) return v == nil or v == "" end
+
+-- msgsend's table, per messageType: xgh "App内部消息时,必填。其他类型选填也可发送" (required for the
+-- App types 5-8); messageTo "1.发短信,传手机号,必填 3.发微信公众号消息,传OpenId,必填 4.发邮件,传邮箱,
+-- 必填 5/6.发App消息,传跳转url 选填 7/8.发App任务,传任务id 必填".
+local MESSAGE_TO = { ["1"] = "a phone number", ["3"] = "an OpenId", ["4"] = "an e-mail address",
+                     ["7"] = "a task id", ["8"] = "a task id" }
 -- Endpoints as the document gives them. `query`: the document's URL carries the parameters in the
 -- query string, so they are sent there; the others send only the access_token in the query and
 -- their parameters as a form body. `app_id`: appId defaults to the client's app_id.
@@ -49,7 +56,7 @@ local Zafu = client.define("zafu", {
   },
   msg_send = {
     path = "/api/msgsend", acts = true, query = true, app_id = true,
-    params = { content = "text!", xgh = "text!", messageType = "text!", messageTo = "text!", templateId = "text",
+    params = { content = "text!", xgh = "text", messageType = "text!", messageTo = "text", templateId = "text",
                appId = "text", dataKey = "text" },
     check = function(args)
       local t = text_of(args.messageType)
@@ -57,17 +64,30 @@ local Zafu = client.define("zafu", {
         return "parameter 'messageType' must be 1 (短信), 3 (微信公众号), 4 (邮件), 5 (App普通消息), 6 (App重要消息), "
           .. "7 (App必做任务) or 8 (App通知公告)"
       end
-      if t == "3" and (args.templateId == nil or args.templateId == "") then
+      if absent(args.xgh) and tonumber(t) >= 5 then
+        return "missing required parameter 'xgh' for messageType " .. t
+          .. " (学工号: required for the App types 5, 6, 7 and 8; optional for 1, 3 and 4)"
+      end
+      if absent(args.messageTo) and MESSAGE_TO[t] then
+        return "missing required parameter 'messageTo' for messageType " .. t .. ": " .. MESSAGE_TO[t]
+          .. " (required for 1, 3, 4, 7 and 8; optional for 5 and 6)"
+      end
+      if t == "3" and absent(args.templateId) then
         return "parameter 'templateId' is required for messageType 3 (微信公众号)"
       end
     end,
   },
   get_message_status = {
     path = "/api/getMessageStatus", acts = false,
-    params = { xgh = "text!", messageType = "text!", messageTo = "text!", dataKey = "text" },
+    -- messageTo: "5/6.发App消息,传跳转url 选填 8.发App任务,传任务id 必填"
+    params = { xgh = "text!", messageType = "text!", messageTo = "text", dataKey = "text" },
     check = function(args)
-      if not STATUS_TYPES[text_of(args.messageType)] then
+      local t = text_of(args.messageType)
+      if not STATUS_TYPES[t] then
         return "parameter 'messageType' must be 5, 6 (App消息) or 8 (App通知公告)"
+      end
+      if t == "8" and absent(args.messageTo) then
+        return "missing required parameter 'messageTo' for messageType 8: a task id (required for 8; optional for 5 and 6)"
       end
     end,
   },
@@ -119,6 +139,12 @@ function M.new(opts)
     if msg then opt_fail("option 'token_store': " .. msg) end
   end
   self.token_store = ts
+  -- the shared rate lives where the token does, unless told otherwise
+  if opts.rate_store == nil and self.rate then
+    local msg = store.check(ts, { "take" })
+    if msg then opt_fail("option 'rate' needs a store with take: the token store has none (" .. msg .. "); give rate_store") end
+    self.rate_store = ts
+  end
 
   local ahead = opts.refresh_ahead
   if ahead ~= nil and not client.seconds(ahead, true) then opt_fail("option 'refresh_ahead' must be a number of seconds from 0 to 1e6") end

@@ -11,6 +11,7 @@ M.SPEC = {
   lingdian = { short = "ld", scheme = "lingdian", options = {
     { "developer_code", "KAIFANG_LINGDIAN_CODE" },
     { "developer_key", "KAIFANG_LINGDIAN_KEY", secret = true },
+    { "developer_tel", "KAIFANG_LINGDIAN_TEL", optional = true }, -- 开发者手机号: D's tel
   } },
   zafu = { short = "zafu", options = {
     { "client_id", "KAIFANG_ZAFU_CLIENT_ID" },

@@ -1,4 +1,4 @@
--- The `kaifang` command: call, repl, sign, sandbox. bin/kaifang only finds the modules and
+-- The `kaifang` command: call, batch, journal, repl, sign, sandbox. bin/kaifang only finds the modules and
 -- calls main; everything else is here, so that it installs with the rock and can be tested.
 local argparse = require "argparse"
 local kaifang = require "kaifang"
@@ -101,9 +101,10 @@ local function new_client(platform, opts)
   return client
 end
 
--- The common options of call and repl.
+-- The common options of call, batch and repl.
 local function apply_options(opts, args)
   opts.timeout = args.timeout
+  opts.rate = args.rate
   if args.debug then opts.debug = true end
   return opts
 end
@@ -130,7 +131,9 @@ local function describe(err)
   return text
 end
 
-local function call(args, invoke, sb)
+-- The client for args.platform: the sandbox's demo account, a profile's or the environment's
+-- credentials, and the command's options.
+local function make_client(args, sb)
   local platform = args.platform
   local opts
   if sb then
@@ -144,8 +147,11 @@ local function call(args, invoke, sb)
     end
   end
   opts.base_url = args.base_url or opts.base_url
-  local client = new_client(platform, apply_options(opts, args))
+  return new_client(platform, apply_options(opts, args))
+end
 
+local function call(args, invoke, sb)
+  local client = make_client(args, sb)
   local ok, value, err = pcall(invoke, client)
   if not ok then
     if interrupted(value) then error(value, 0) end
@@ -168,6 +174,31 @@ end
 local function cmd_call(args)
   local invoke = invoker(args.platform, args.method, M.parse_params(args.params))
   return with_sandbox(args, function(sb) return call(args, invoke, sb) end)
+end
+
+---------------------------------------------------------------------------- batch, journal
+
+-- kaifang.cli.batch raises { usage = message } for what the user has to fix.
+local function batch_command(fn, args, ctx)
+  local ok, result = pcall(require("kaifang.cli.batch")[fn], args, ctx)
+  if ok then return result end
+  if type(result) == "table" and result.usage then usage(result.usage) end
+  if type(result) == "string" and not interrupted(result) and plain(result):match("^kaifang%.journal") then
+    stop(M.EXIT.transport, plain(result)) -- a journal that cannot be opened
+  end
+  error(result, 0)
+end
+
+local function cmd_batch(args)
+  if args.concurrency and (args.concurrency < 1 or args.concurrency % 1 ~= 0) then usage("--concurrency must be a whole number >= 1") end
+  if args.rate and args.rate <= 0 then usage("--rate must be a positive number of calls per second") end
+  if args.journal and args.no_journal then usage("--journal and --no-journal: give one") end
+  local client = make_client(args)
+  return batch_command("run", args, { client = client, usage = usage, EXIT = M.EXIT })
+end
+
+local function cmd_journal(args)
+  return batch_command("show", args, { usage = usage, EXIT = M.EXIT })
 end
 
 ---------------------------------------------------------------------------- sign
@@ -258,7 +289,9 @@ local function cmd_sandbox(args)
   if not args.port or args.port < 0 or args.port > 65535 or args.port % 1 ~= 0 then
     usage("--port must be a whole number 0..65535")
   end
-  local ok, err = pcall(sandbox.new, { config = settings }) -- a bad setting is the user's to fix
+  local strict -- nil: each platform's default (strict)
+  if args.strict == "false" then strict = false end
+  local ok, err = pcall(sandbox.new, { config = settings, strict = strict }) -- a bad setting is the user's to fix
   if not ok then usage(plain(err)) end
   local function announce(url)
     local demo = sandbox.demo()
@@ -284,7 +317,8 @@ local function cmd_sandbox(args)
     end
     io.stdout:flush()
   end
-  local served, e = pcall(sandbox.run, { host = args.host, port = args.port, config = settings, announce = announce })
+  local served, e = pcall(sandbox.run, { host = args.host, port = args.port, config = settings, strict = strict,
+                                         announce = announce })
   if not served then
     if interrupted(e) then error(e, 0) end
     stop(M.EXIT.failed, plain(e))
@@ -398,15 +432,47 @@ local function build_parser()
   sign:epilog("Without --key-file, --key-stdin or --key, the secret comes from KAIFANG_LINGDIAN_KEY,\n"
     .. "KAIFANG_YOPOINT_SECRET or KAIFANG_DAKASHI_CLIENT_SECRET (or the profile).")
 
+  local batch = parser:command("batch", "Make one call per row of a CSV or JSON Lines file, with a journal, so that "
+    .. "running it again resumes.")
+  batch:argument("platform", "lingdian, zafu, yopoint or dakashi."):choices(config.PLATFORMS)
+  batch:argument("method", "The client method, e.g. send_wechat_message.")
+  batch:argument("file", "CSV with a header row of parameter names, or JSON Lines; a 'key' column names each call.")
+  batch:option("--journal", "The journal: an SQLite file, or redis://HOST:PORT[/DB]/PREFIX for several machines "
+    .. "(default: FILE's name with .journal.db).")
+  batch:flag("--no-journal", "No journal: running it again sends everything again.")
+  batch:option("--results", "Where to write one JSON line per row (default: FILE's name with .results.jsonl).")
+  batch:option("--rate", "Calls per second at most (the client's rate option).", nil):convert(tonumber)
+  batch:option("--concurrency", "Calls in flight at once.", "8"):convert(tonumber)
+  batch:option("--format", "csv or jsonl (default: from FILE's name)."):choices({ "csv", "jsonl" })
+  batch:option("--lease", "Redis journal: seconds a worker's claims outlive it.", nil):convert(tonumber)
+  batch:option("--profile", "Take credentials from this profile instead of the environment.")
+  batch:option("--base-url", "The platform's address (default: KAIFANG_<PLATFORM>_URL, else the real one).")
+  batch:option("--timeout", "Seconds for each request (default 15)."):convert(tonumber)
+  batch:flag("--debug", "Print each attempt and the string-to-sign (secret masked) on stderr.")
+  batch:epilog("Exit status: 0 every row ok; 1 some failed or may have reached the platform (see the results\n"
+    .. "file and `kaifang journal`); 2 usage; 4 the journal failed; 130 stopped by Ctrl-C (run it again to\n"
+    .. "resume). Ctrl-C once lets the calls in flight finish; twice stops at once.\n\n" .. credentials_help())
+
+  local journal = parser:command("journal", "Show what a batch's journal holds: the counts, and the calls that may "
+    .. "have reached the platform.")
+  journal:argument("journal", "An SQLite journal file, or redis://HOST:PORT[/DB]/PREFIX.")
+  journal:option("--state", "The calls to list: maybe_sent (default), failed, ok, sending or all."):choices(
+    { "maybe_sent", "failed", "ok", "sending", "all" })
+  journal:flag("--json", "One JSON line per call instead of the counts and a table.")
+
   local sandbox = parser:command("sandbox", "Run the sandbox that behaves like the platforms, on loopback.")
   sandbox:option("--port", "Port to listen on (0: any free port).", "8080"):convert(tonumber)
   sandbox:option("--host", "Address to listen on.", "127.0.0.1")
   sandbox:option("--config", "JSON with per-platform settings, e.g. '{\"lingdian\":{\"rate\":5}}'.")
+  sandbox:option("--strict", "false relaxes every platform's strict checks (replays refused, timestamps ahead, "
+    .. "documented formats and types), for replaying real traffic; --config can set one platform's.", "true")
+    :choices({ "true", "false" })
   sandbox:flag("--json", "Print the address and demo accounts as one line of JSON instead of a table.")
 
   -- argparse would print its usage and exit 1; a usage error here is one line and status 2
   local names = { [parser] = "kaifang", [call] = "kaifang call", [repl] = "kaifang repl",
-                  [sign] = "kaifang sign", [sandbox] = "kaifang sandbox" }
+                  [sign] = "kaifang sign", [sandbox] = "kaifang sandbox", [batch] = "kaifang batch",
+                  [journal] = "kaifang journal" }
   parser.error = function(p, message)
     local name = names[p] or "kaifang"
     stop(M.EXIT.usage, ("%s: %s (see '%s --help')"):format(name, message, name))
@@ -414,7 +480,8 @@ local function build_parser()
   return parser
 end
 
-local COMMANDS = { call = cmd_call, sign = cmd_sign, sandbox = cmd_sandbox, repl = cmd_repl }
+local COMMANDS = { call = cmd_call, batch = cmd_batch, journal = cmd_journal, sign = cmd_sign, sandbox = cmd_sandbox,
+                   repl = cmd_repl }
 
 -- Runs the command line argv (arg's 1..n) and returns the exit status. Errors end as one line
 -- on stderr, never a traceback.

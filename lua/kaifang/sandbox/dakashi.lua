@@ -3,8 +3,7 @@
 -- success, and a small world of cards with data usage and packages. It also plays the
 -- platform's side of its (unsigned, JSON) callbacks: recharge and on/off. Only member/info and
 -- errcode 50000 are in the document; the other interfaces' parameters and replies and the
--- 55001-55019 codes are the sandbox's reading of public integrations (see
--- doc/readme-yopoint-dakashi.md).
+-- 55001-55015 codes are the sandbox's own reading (README: "What the documents leave open").
 local core = require "kaifang.core" -- digests
 local util = require "kaifang.sandbox.util"
 
@@ -12,15 +11,22 @@ local M = {}
 
 M.name = "dakashi"
 
--- window: seconds a timestamp may be from the sandbox's clock; rate: admitted calls per second
--- per client (nil: unlimited); whitelist: list of client IPs admitted (nil: any);
--- callback_timeout: seconds the sandbox waits on a callback receiver.
-M.defaults = { window = 300, rate = nil, whitelist = nil, callback_timeout = 3 }
-local SETTINGS = { window = true, rate = true, whitelist = true, callback_timeout = true }
+-- window: seconds a timestamp may be from the sandbox's clock (the document: five minutes);
+-- rate: admitted calls per second per client (nil: unlimited); whitelist: list of client IPs
+-- admitted (nil: any; by default loopback only, as the platform admits only registered
+-- addresses); callback_timeout: seconds the sandbox waits on a callback receiver; strict: the
+-- documented types (timestamp an integer; client_id, serial_no, sign strings), no parameter an
+-- interface does not take, and an acting request's replay refused.
+M.defaults = { window = 300, rate = 20, whitelist = { "127.0.0.1", "::1" }, callback_timeout = 3, strict = true }
+local SETTINGS = { window = true, rate = true, whitelist = true, callback_timeout = true, strict = true }
 
 function M.check_setting(key, value)
   if not SETTINGS[key] then return nil, "unknown dakashi setting '" .. tostring(key) .. "'" end
   if (key == "rate" or key == "whitelist") and value == nil then return true end
+  if key == "strict" then
+    if type(value) ~= "boolean" then return nil, "dakashi.strict must be true or false" end
+    return true
+  end
   if key == "whitelist" then
     if type(value) ~= "table" then return nil, "dakashi.whitelist must be a list of IP addresses" end
     for _, ip in ipairs(value) do
@@ -38,12 +44,6 @@ local CLIENTS = {
   -- the document's example client_id
   ["iotacc108b7305fhzljeux0"] = { secret = "4c1e7b9a2d5f8e3b6a0c9d2f5e8b1a47", name = "示例物联网卡代理", balance = 100000 },
 }
-
-function M.credentials()
-  local lines = {}
-  for id, c in pairs(CLIENTS) do lines[#lines + 1] = "dakashi client_id=" .. id .. " client_secret=" .. c.secret end
-  return lines
-end
 
 local PRODUCTS = { -- data_value in MB, price in fen, days valid
   [1001] = { product_name = "月包 10GB", data_value = 10240, price = 3000, days = 30 },
@@ -119,6 +119,7 @@ local MSG = {
   [55012] = "充值卡不存在",
   [55013] = "短信内容过长",
   [55014] = "自定义编号已被使用",
+  [55015] = "重复请求",
 }
 
 local function fail(code, detail)
@@ -150,10 +151,22 @@ local function text_of(v)
   return nil
 end
 
--- The scheme, written out from the document: every field but sign, sorted by bytes, k=v joined
--- by "&" (empty values left out), the secret appended directly; SHA1, upper-case hex.
+-- The scheme, written out from the document's PHP demo: every field but sign, sorted by bytes,
+-- k=v joined by "&" (an empty value as "k=": formatBizQueryParaMap filters nothing), the
+-- secret appended directly; SHA1, upper-case hex.
+-- Also returns the request's content (what is signed but the timestamp), for the duplicate detector.
+local SIGN, TIMESTAMP = { sign = true }, { timestamp = true }
 local function sign_with(params, secret)
-  return core.digest("sha1", util.canonical(params, { sign = true }, true) .. secret, "HEX")
+  local signed, content = util.canonical(params, SIGN, false, TIMESTAMP)
+  return core.digest("sha1", signed .. secret, "HEX"), content
+end
+
+-- The types the document gives (公共请求参数 and member/info's table); checked when strict.
+local TYPES = { client_id = "string", app_id = "string", sign = "string", serial_no = "string", timestamp = "integer" }
+
+local function type_ok(want, v)
+  if want == "integer" then return type(v) == "number" and v == math.floor(v) end
+  return type(v) == want
 end
 
 ---------------------------------------------------------------------------- instance
@@ -163,7 +176,7 @@ Instance.__index = Instance
 
 function M.new(ctx)
   local self = setmetatable({
-    config = ctx.config, now = ctx.now, clock = ctx.clock, seq = 0,
+    config = ctx.config, now = ctx.now, clock = ctx.clock, duplicates = ctx.duplicates, seq = 0,
     cards = {}, card_order = {}, orders = {}, order_list = util.array(), prepaid = util.copy(PREPAID),
     messages = util.array(), resets = util.array(), callbacks = util.array(), admitted = {},
     balance = {},
@@ -238,15 +251,20 @@ end
 
 ---------------------------------------------------------------------------- the gate
 
--- Returns params (as text), client id, client or nil, reply.
-function Instance:gate(req)
+local COMMON = { client_id = true, app_id = true, timestamp = true, sign = true }
+
+-- route: { path =, params = the set of parameters it takes, acts = true when it changes
+-- something }. Returns params (as text), client id, client or nil, reply.
+function Instance:gate(req, route)
   if not util.is_json(req.headers) then return nil, fail(55008, "Content-Type 须为 application/json") end
   local doc = util.json_decode(req.body or "")
   if type(doc) ~= "table" or (doc[1] ~= nil) then return nil, fail(55008, "请求体须为 JSON 对象") end
+  local strict = self.config.strict
   local p = {}
   for k, v in pairs(doc) do
     local text = text_of(v)
     if type(k) ~= "string" or text == nil then return nil, fail(55008, tostring(k)) end
+    if strict and TYPES[k] and not type_ok(TYPES[k], v) then return nil, fail(55008, k .. " 须为 " .. TYPES[k]) end
     p[k] = text
   end
   local id = p.client_id or p.app_id -- the later platform's spelling too
@@ -255,20 +273,33 @@ function Instance:gate(req)
   if not c then return nil, fail(55001) end
   local wl = self.config.whitelist
   if wl then
+    -- req.remote is "host:port" or "[v6]:port"
+    local remote = tostring(req.remote)
+    local ip = remote:match("^%[(.*)%]:%d+$") or remote:match("^(.*):%d+$") or remote
     local listed = false
-    for _, ip in ipairs(wl) do
-      if ip == req.remote then listed = true end
+    for _, allowed in ipairs(wl) do
+      if allowed == ip then listed = true end
     end
-    if not listed then return nil, fail(55002, tostring(req.remote)) end
+    if not listed then return nil, fail(55002, ip) end
   end
   for _, name in ipairs({ "timestamp", "sign" }) do
     if p[name] == nil or p[name] == "" then return nil, fail(55007, name) end
   end
+  if strict then
+    for k in pairs(p) do
+      if not COMMON[k] and not route.params[k] then return nil, fail(55008, "未知参数 " .. k) end
+    end
+  end
   -- built here from the received JSON, never by the client's signer
-  if p.sign ~= sign_with(p, c.secret) then return nil, fail(55003) end
+  local expected, content = sign_with(p, c.secret)
+  if p.sign ~= expected then return nil, fail(55003) end
   local ts = p.timestamp:match("^%d+$") and tonumber(p.timestamp)
   if not ts or math.abs(self.now() - ts) > self.config.window then return nil, fail(55005) end
   if not self:admit(id) then return nil, fail(55006) end
+  if route.acts and self.duplicates:check(route.path, content,
+                                          p.sign, ts + self.config.window, strict) then
+    return nil, fail(55015)
+  end
   return p, id, c
 end
 
@@ -286,9 +317,9 @@ local function card_of(self, p, id)
   return card
 end
 
-local function with_gate(fn)
+local function with_gate(route, fn)
   return function(self, req)
-    local p, id, c = self:gate(req)
+    local p, id, c = self:gate(req, route)
     if not p then return id end
     return fn(self, p, id, c)
   end
@@ -390,8 +421,26 @@ routes["/v1/member/custom_no"] = function(self, p, id)
   return ok({ serial_no = card.serial_no, custom_no = card.custom_no })
 end
 
+-- What each interface takes besides client_id, timestamp and sign (strict: nothing else), and
+-- whether it changes something.
+local TAKES = {
+  ["/v1/member/info"] = { "serial_no" },
+  ["/v1/member/product/info"] = { "serial_no" },
+  ["/v1/product/info"] = { "product_id" },
+  ["/v1/user/info"] = {},
+  ["/v1/prepaid/card/info"] = { "card_no" },
+  ["/v1/order/info"] = { "order_no" },
+  ["/v1/member/gprs/reset"] = { "serial_no", acts = true },
+  ["/v1/send/message"] = { "serial_no", "content", acts = true },
+  ["/v1/member/custom_no"] = { "serial_no", "custom_no", acts = true },
+}
+
 M.routes = {}
-for path, fn in pairs(routes) do M.routes[path] = with_gate(fn) end
+for path, fn in pairs(routes) do
+  local route = { path = path, params = {}, acts = TAKES[path].acts }
+  for _, name in ipairs(TAKES[path]) do route.params[name] = true end
+  M.routes[path] = with_gate(route, fn)
+end
 
 ---------------------------------------------------------------------------- admin
 

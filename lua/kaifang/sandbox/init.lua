@@ -5,14 +5,15 @@
 --   sandbox.new(opts)          the request router alone (app:dispatch(req) -> response)
 --
 -- opts: host ("127.0.0.1"), port (0 = any free port), config ({ lingdian = { rate = 5 } }),
+--       strict (false: every platform's `strict` setting off unless config says otherwise),
 --       platforms (list of names; default sandbox.platforms), verbose, lua (start only).
 --
 -- A platform is a module kaifang.sandbox.<name> exporting:
---   name, defaults (settings table), check_setting(key, value) -> true | nil, err,
---   new(ctx) -> instance (ctx = { config = live settings, now = unix time fn, clock = monotonic fn }),
+--   name, defaults (settings table, `strict` among them), check_setting(key, value) -> true | nil, err,
+--   new(ctx) -> instance (ctx = { config = live settings, now = unix time fn, clock = monotonic fn,
+--                                 duplicates = its kaifang.sandbox.duplicates detector }),
 --   routes { path = handler(instance, req) -> response },   POST only; or { handler=, methods={...} }
 --   admin { name = fn(instance, req) -> response },          served at /_sandbox/<platform>/<name>
---   credentials() -> { "one line", ... }                     printed when the sandbox starts
 --   demo() -> { account = client options, world = { { what=, id=, about= }, ... } }
 -- Responses are { status=, headers=, body= } plus optional delay= (seconds), drop= ("close" |
 -- "reset") or hold=true (never answered). Reset builds fresh instances: the seeded world again.
@@ -21,6 +22,7 @@ local httpd = require "kaifang.sandbox.httpd"
 local util = require "kaifang.sandbox.util"
 local Timers = require "kaifang.sandbox.timers"
 local Faults = require "kaifang.sandbox.faults"
+local Duplicates = require "kaifang.sandbox.duplicates"
 
 local M = {}
 
@@ -63,6 +65,7 @@ function M.new(opts)
     self.list[#self.list + 1] = p
     self.by_name[name] = p
     local base = util.copy(mod.defaults or {})
+    if opts.strict ~= nil then base.strict = opts.strict end
     local ok, err = merge_settings(mod, base, (opts.config or {})[name] or {})
     if not ok then error("kaifang.sandbox: " .. err, 2) end
     self.base[name] = base
@@ -86,19 +89,12 @@ function App:reset(only)
   for _, p in ipairs(self.list) do
     if only == nil or only == p.name then
       p.config = util.copy(self.base[p.name])
-      p.inst = p.mod.new({ config = p.config, now = self.now, clock = self.clock })
+      p.duplicates = Duplicates.new(self.now)
+      p.inst = p.mod.new({ config = p.config, now = self.now, clock = self.clock, duplicates = p.duplicates })
       self.counts[p.name] = 0
     end
   end
   if only == nil then self.faults = Faults.new() end
-end
-
-function App:credentials()
-  local lines = {}
-  for _, p in ipairs(self.list) do
-    for _, line in ipairs(p.mod.credentials and p.mod.credentials() or {}) do lines[#lines + 1] = line end
-  end
-  return lines
 end
 
 -- Each platform's demo account and seeded world (see the platform modules' demo()), in
@@ -109,6 +105,13 @@ function M.demo(platforms)
     local d = require("kaifang.sandbox." .. name).demo()
     out[i] = { platform = name, account = d.account, world = d.world }
   end
+  return out
+end
+
+-- The demo accounts alone, per platform: { lingdian = { developer_code =, ... }, ... }.
+function M.credentials(platforms)
+  local out = {}
+  for _, d in ipairs(M.demo(platforms)) do out[d.platform] = d.account end
   return out
 end
 
@@ -190,11 +193,26 @@ admin.server = function(self, req)
   return json_value(self.server:stats())
 end
 
+-- Per platform: requests routed to it, duplicates (acting requests whose content it had
+-- accepted before) and refused (replays refused); and their totals.
+admin.counters = function(self, req)
+  if req.method ~= "GET" then return nil end
+  local out, total = {}, { requests = 0, duplicates = 0, refused = 0 }
+  for _, p in ipairs(self.list) do
+    local c = p.duplicates:counts()
+    c.requests = self.counts[p.name]
+    out[p.name] = c
+    for k, v in pairs(c) do total[k] = total[k] + v end
+  end
+  out.total = total
+  return json_value(out)
+end
+
 admin.info = function(self, req)
   if req.method ~= "GET" then return nil end
   local names = util.array()
   for i, p in ipairs(self.list) do names[i] = p.name end
-  return json_value({ platforms = names, credentials = util.array(self:credentials()) })
+  return json_value({ platforms = names, credentials = M.credentials(names) })
 end
 
 function App:admin(req)
@@ -207,6 +225,9 @@ function App:admin(req)
   else
     local name, what = rest:match("^([^/]+)/([^/]+)$")
     local p = name and self.by_name[name]
+    if p and what == "duplicates" then
+      return req.method == "GET" and json_value(p.duplicates.list) or text_response(405, "method not allowed\n")
+    end
     local afn = p and p.mod.admin and p.mod.admin[what]
     if not afn then return text_response(404, "no such sandbox path\n") end
     res = afn(p.inst, req)
@@ -308,7 +329,12 @@ function M.run(opts)
   else
     local out = io.stdout -- what start() reads
     out:write(M.BANNER, url, "\n")
-    for _, line in ipairs(app:credentials()) do out:write(line, "\n") end
+    for _, d in ipairs(M.demo(opts.platforms)) do -- for a person reading it; start() takes them from demo()
+      local words = {}
+      for k, v in pairs(d.account) do words[#words + 1] = k .. "=" .. v end
+      table.sort(words)
+      out:write(d.platform, " ", table.concat(words, " "), "\n")
+    end
     out:write(M.READY, httpd.getpid(), "\n")
     out:flush()
   end
@@ -355,8 +381,23 @@ end
 
 function Sandbox:configure(settings) return self:admin("POST", "/_sandbox/config", settings) end
 
--- e.g. sb:records("lingdian", "messages")
+-- e.g. sb:records("lingdian", "messages"); sb:records("lingdian", "duplicates")
 function Sandbox:records(platform, kind) return self:admin("GET", "/_sandbox/" .. platform .. "/" .. kind) end
+
+-- sb:faults{ lingdian = { http_5xx = 0.1 } } injects faults (replacing that platform's); sb:faults()
+-- shows them and how many of each were injected.
+function Sandbox:faults(settings)
+  if settings == nil then return self:admin("GET", "/_sandbox/faults") end
+  return self:admin("POST", "/_sandbox/faults", settings)
+end
+
+-- { <platform> = { requests =, duplicates =, refused = }, total = {...} }
+function Sandbox:counters() return self:admin("GET", "/_sandbox/counters") end
+
+function Sandbox:__tostring()
+  return ("kaifang.sandbox{ url = %q, platforms = { %s } }"):format(self.url,
+    '"' .. table.concat(self.platforms, '", "') .. '"')
+end
 
 function Sandbox:stop()
   if self.stopped then return end
@@ -376,7 +417,8 @@ Sandbox.__gc = Sandbox.stop
 Sandbox.__close = Sandbox.stop
 
 -- Starts the sandbox in a child process: the client's calls block, so the server must run
--- elsewhere. Returns { url=, pid=, credentials={lines}, stop=, reset=, configure=, records=, admin=, request= }.
+-- elsewhere. Returns { url=, pid=, platforms={names}, credentials={ <platform> = its demo account },
+-- stop=, reset=, configure=, records=, faults=, counters=, admin=, request= }.
 -- own_session = true runs it in a session of its own (setsid), so that the terminal's Ctrl-C
 -- reaches only the caller, which stops it; the command line wants that.
 function M.start(opts)
@@ -404,14 +446,14 @@ function M.start(opts)
     fh:close()
     error("kaifang.sandbox: the sandbox did not start (" .. tostring(first) .. "); see stderr", 2)
   end
-  local self = setmetatable({ url = url, fh = fh, credentials = {} }, Sandbox)
+  local platforms = opts.platforms or M.platforms
+  local self = setmetatable({ url = url, fh = fh, platforms = platforms, credentials = M.credentials(platforms) }, Sandbox)
   for line in fh:lines() do
     local pid = line:sub(1, #M.READY) == M.READY and tonumber(line:sub(#M.READY + 1))
     if pid then
       self.pid = pid
       break
     end
-    self.credentials[#self.credentials + 1] = line
   end
   return self
 end

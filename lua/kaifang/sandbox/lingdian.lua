@@ -1,6 +1,8 @@
 -- Lingdian Campus (零点校园) as its document describes it: four form-POST interfaces, MD5
 -- signatures, a timestamp window, a per-developer rate limit, and a small fixed world of users,
--- shops, buildings and IoT cards that the demo and the specs rely on.
+-- shops, buildings and IoT cards that the demo and the specs rely on. What the document leaves
+-- open (the window, which message for what, replays) is listed in the README's "What the
+-- documents leave open".
 local core = require "kaifang.core"
 local util = require "kaifang.sandbox.util"
 
@@ -9,15 +11,23 @@ local M = {}
 M.name = "lingdian"
 
 -- Settings changeable through POST /_sandbox/config {"lingdian":{...}}.
--- window: how far (seconds) a timestamp may be from the sandbox's clock.
+-- window: how old (seconds) a timestamp may be; when not strict, also how far ahead.
 -- rate: admitted requests per second per developer; nil means unlimited.
 -- latency: seconds every interface's answer is held back (a slow platform); nil means none.
-M.defaults = { window = 300, rate = nil, latency = nil }
-local SETTINGS = { window = true, rate = true, latency = true }
+-- strict: what the document leaves open is checked the strict way (README: "What the documents
+-- leave open"): a timestamp at most AHEAD seconds ahead, an acting request's replay refused, C's
+-- tel a phone number, D's tel the developer's own.
+M.defaults = { window = 300, rate = nil, latency = nil, strict = true }
+local SETTINGS = { window = true, rate = true, latency = true, strict = true }
+local AHEAD = 5
 
 function M.check_setting(key, value)
   if not SETTINGS[key] then return nil, "unknown lingdian setting '" .. tostring(key) .. "'" end
   if (key == "rate" or key == "latency") and value == nil then return true end
+  if key == "strict" then
+    if type(value) ~= "boolean" then return nil, "lingdian.strict must be true or false" end
+    return true
+  end
   if type(value) ~= "number" or value < 0 then return nil, "lingdian." .. key .. " must be a number >= 0" end
   return true
 end
@@ -27,6 +37,7 @@ end
 local DEVELOPERS = {
   ["U2QHNB2w="] = {
     key = "744ed968e7e1a4aebafa6f4888fced68",
+    tel = "12345678910", -- the phone the developer registered (开发者手机号, D's tel; the document's example)
     cards = { ["1410139903"] = "8986112025304", ["1410139904"] = "8986112025305" }, -- msisdn -> iccid
   },
 }
@@ -45,14 +56,6 @@ end
 local SHOPS = { U2TD844B2 = true, U2SHOP001 = true }
 local BUILDINGS = { BTEGNAZl = true, BTEGNB01 = true }
 local LINK_WHITELIST = { "https://szai.0xiao.com/" } -- prefixes
-
-function M.credentials()
-  local lines = {}
-  for code, dev in pairs(DEVELOPERS) do
-    lines[#lines + 1] = "lingdian developer_code=" .. code .. " developer_key=" .. dev.key
-  end
-  return lines
-end
 
 local function sorted_keys(t)
   local keys = {}
@@ -80,7 +83,7 @@ function M.demo()
     add("card", msisdn, "iccid " .. dev.cards[msisdn] .. ", issued to this developer (userCardRemind msisdn/iccid)")
   end
   for _, prefix in ipairs(LINK_WHITELIST) do add("link", prefix, "whitelisted prefix for sendWeChatMessage's link") end
-  return { account = { developer_code = code, developer_key = dev.key }, world = world }
+  return { account = { developer_code = code, developer_key = dev.key, developer_tel = dev.tel }, world = world }
 end
 
 ---------------------------------------------------------------------------- replies
@@ -89,7 +92,8 @@ end
 local MSG = {
   missing = "缺少请求参数",
   not_developer = "请求参数错误：您不是开发者或没有对应权限",
-  timeout = "请求超时",
+  timeout = "请求超时", -- a timestamp outside the window
+  expired = "请求参数错误：信息已过期请重试", -- an acting request's replay (strict; the text is the document's)
   too_frequent = "请求过于频繁，请稍后再试吧！",
   bad_param = "请求参数错误",
   bad_tel = "请求参数错误：手机号为空或格式不正确",
@@ -113,8 +117,13 @@ end
 ---------------------------------------------------------------------------- checks
 
 local EXCLUDE = { sign = true, sign_type = true, key = true, developer_key = true }
+local TIMESTAMP = { timestamp = true } -- what a request asks for is what is signed but this
 
 local function valid_tel(tel) return tel ~= nil and tel:match("^1%d%d%d%d%d%d%d%d%d%d$") ~= nil end
+-- C's 目标电话: a mobile number, or a landline with its area code
+local function valid_phone(tel)
+  return valid_tel(tel) or tel:match("^0%d%d%d?%-?%d%d%d%d%d%d%d%d?$") ~= nil
+end
 
 local function whitelisted(link)
   for _, prefix in ipairs(LINK_WHITELIST) do
@@ -132,6 +141,7 @@ function M.new(ctx)
     config = ctx.config,
     now = ctx.now,
     clock = ctx.clock,
+    duplicates = ctx.duplicates,
     seq = 0, -- one sequence over every accepted action, so ids never repeat within a world
     messages = util.array(),
     orders = util.array(),
@@ -168,31 +178,39 @@ function Instance:gate(req, iface)
   local dev = DEVELOPERS[p.developer_code]
   if not dev or (iface.type and p.type ~= iface.type) then return nil, reply(104, MSG.not_developer, iface.empty) end
   -- built here from the received bytes, never by the client's signer
-  local expected = core.digest("md5", util.canonical(p, EXCLUDE, true) .. dev.key)
+  local signed, content = util.canonical(p, EXCLUDE, true, TIMESTAMP)
+  local expected = core.digest("md5", signed .. dev.key)
   if p.sign ~= expected then return nil, reply(104, MSG.not_developer, iface.empty) end
   local ts = p.timestamp:match("^%d+$") and tonumber(p.timestamp)
-  if not ts or math.abs(self.now() - ts) > self.config.window then
+  local strict, window = self.config.strict, self.config.window
+  if not ts or self.now() - ts > window or ts - self.now() > (strict and AHEAD or window) then
     return nil, reply(104, MSG.timeout, iface.empty)
   end
   if not self:admit(p.developer_code) then return nil, reply(104, MSG.too_frequent, iface.empty) end
+  if iface.acts and self.duplicates:check(iface.path, content, p.sign, ts + window, strict) then
+    return nil, reply(104, MSG.expired, iface.empty)
+  end
   return p, dev
 end
 
 ---------------------------------------------------------------------------- interfaces
 
+-- acts: the interface changes something (a notice, an order, a reminder), so a replay is refused.
 local IFACE = {
   A = {
-    type = "1",
+    path = "/api/Developer/sendWeChatMessage", type = "1", acts = true,
     empty = "[]",
     required = { "developer_code", "tel", "content", "link", "type", "timestamp", "sign" },
   },
-  B = { type = "16", empty = "[]", required = { "developer_code", "user_code", "type", "timestamp", "sign" } },
+  B = { path = "/api/Developer/getUserTelByCode", type = "16", empty = "[]",
+        required = { "developer_code", "user_code", "type", "timestamp", "sign" } },
   C = {
-    type = "128",
+    path = "/keloop/api/outerEntryOrder", type = "128", acts = true,
     empty = "[]",
     required = { "developer_code", "shop_code", "order_type", "daily_number", "type", "timestamp", "sign" },
   },
   D = { -- no type; its replies carry "" where the others carry []
+    path = "/api/Developer/userCardRemind", acts = true,
     empty = '""',
     required = { "developer_code", "tel", "timestamp", "msisdn", "iccid", "remind", "expire_time", "sign" },
   },
@@ -230,6 +248,7 @@ local function outer_entry_order(self, req)
   if p.building_code and p.building_code ~= "" and not BUILDINGS[p.building_code] then
     return reply(104, MSG.bad_param, "[]")
   end
+  if self.config.strict and p.tel and p.tel ~= "" and not valid_phone(p.tel) then return reply(104, MSG.bad_tel, "[]") end
   self:record(self.orders, req, p)
   return reply(100, MSG.order_in, "[]")
 end
@@ -239,16 +258,18 @@ local function user_card_remind(self, req)
   if not p then return dev end -- dev is the reply here
   if dev.cards[p.msisdn] ~= p.iccid then return reply(104, MSG.card_not_out, '""') end
   if not valid_tel(p.tel) then return reply(104, MSG.bad_tel, '""') end
+  -- tel is 开发者手机号, the developer's own phone: the card's user is found by msisdn/iccid
+  if self.config.strict and p.tel ~= dev.tel then return reply(104, MSG.not_developer, '""') end
   self:record(self.reminders, req, p)
   return reply(100, MSG.remind_sent, '""')
 end
 
 -- Path -> handler(instance, req); POST only (a table { handler=, methods={...} } would allow others).
 M.routes = {
-  ["/api/Developer/sendWeChatMessage"] = send_wechat_message,
-  ["/api/Developer/getUserTelByCode"] = get_user_tel_by_code,
-  ["/keloop/api/outerEntryOrder"] = outer_entry_order,
-  ["/api/Developer/userCardRemind"] = user_card_remind,
+  [IFACE.A.path] = send_wechat_message,
+  [IFACE.B.path] = get_user_tel_by_code,
+  [IFACE.C.path] = outer_entry_order,
+  [IFACE.D.path] = user_card_remind,
 }
 
 -- latency: the answer leaves that much later (kaifang.sandbox holds it on a timer, serving others meanwhile)

@@ -48,16 +48,21 @@ function M.parse_form(body)
 end
 
 -- "k=v&k=v" over params, names sorted by bytes, values unencoded, skipping names in `exclude`
--- (a set) and, when drop_empty, empty values.
-function M.canonical(params, exclude, drop_empty)
+-- (a set) and, when drop_empty, empty values. With `leave_out` (a set), also the same string
+-- without those names: a signed request's content without its timestamp, in the same pass.
+function M.canonical(params, exclude, drop_empty, leave_out)
   local keys = {}
   for k, v in pairs(params) do
     if not (exclude and exclude[k]) and not (drop_empty and v == "") then keys[#keys + 1] = k end
   end
   sort(keys, M.bytes_less)
-  local parts = {}
-  for i, k in ipairs(keys) do parts[i] = k .. "=" .. params[k] end
-  return concat(parts, "&")
+  local parts, rest = {}, leave_out and {}
+  for i, k in ipairs(keys) do
+    local pair = k .. "=" .. params[k]
+    parts[i] = pair
+    if rest and not leave_out[k] then rest[#rest + 1] = pair end
+  end
+  return concat(parts, "&"), rest and concat(rest, "&")
 end
 
 -- Content-Type checks by media type, ignoring parameters and case.

@@ -4,22 +4,34 @@
 -- side of third-party payment (the signed redirect to the operator's PayUrl, and the notify_url
 -- the operator reports payments to, checked with the SignKey) and of order notices to the
 -- operator. Everything beyond the document (error codes, reply fields, the notice's method name)
--- is the sandbox's own invention, listed in doc/readme-yopoint-dakashi.md.
+-- is the sandbox's own invention, listed in the README ("What the documents leave open").
 local core = require "kaifang.core" -- digests
 local util = require "kaifang.sandbox.util"
 
 local M = {}
 
 M.name = "yopoint"
+M.GATEWAY, M.NOTIFY = "/api/gateway/index", "/api/thirdpay/notify"
 
 -- window: seconds a timestamp may be from the sandbox's clock; rate: admitted calls per second
--- per appid (nil: unlimited); callback_timeout: seconds the sandbox waits on a receiver.
-M.defaults = { window = 300, rate = nil, callback_timeout = 3 }
-local SETTINGS = { window = true, rate = true, callback_timeout = true }
+-- per appid (nil: unlimited); callback_timeout: seconds the sandbox waits on a receiver;
+-- timestamp_unit: the gateway's unit, "ms" (the document's example and Postman script) or "s"
+-- (its parameter table); strict: only that unit is read (not strict: both, told apart by size),
+-- and an acting method's replay is refused.
+M.defaults = { window = 300, rate = nil, callback_timeout = 3, timestamp_unit = "ms", strict = true }
+local SETTINGS = { window = true, rate = true, callback_timeout = true, timestamp_unit = true, strict = true }
 
 function M.check_setting(key, value)
   if not SETTINGS[key] then return nil, "unknown yopoint setting '" .. tostring(key) .. "'" end
   if key == "rate" and value == nil then return true end
+  if key == "strict" then
+    if type(value) ~= "boolean" then return nil, "yopoint.strict must be true or false" end
+    return true
+  end
+  if key == "timestamp_unit" then
+    if value ~= "ms" and value ~= "s" then return nil, 'yopoint.timestamp_unit must be "ms" or "s"' end
+    return true
+  end
   if type(value) ~= "number" or value < 0 then return nil, "yopoint." .. key .. " must be a number >= 0" end
   return true
 end
@@ -35,14 +47,6 @@ local OPERATORS = {
     pay_url = "https://pay.example.invalid/yopoint/pay",
   },
 }
-
-function M.credentials()
-  local lines = {}
-  for appid, op in pairs(OPERATORS) do
-    lines[#lines + 1] = "yopoint appid=" .. appid .. " app_secret=" .. op.secret .. " sign_key=" .. op.sign_key
-  end
-  return lines
-end
 
 local PRODUCTS = {
   P1001 = { name = "农夫山泉 550ml", price = 200 },
@@ -138,10 +142,11 @@ end
 ---------------------------------------------------------------------------- replies
 
 -- Error codes and texts are the sandbox's own (the document shows only error_code != 0 and an
--- error_msg such as ERR_SYSTEM); the string codes follow the ones public integrations report.
+-- error_msg such as ERR_SYSTEM; README: "What the documents leave open"); the string codes
+-- follow the ones public integrations report.
 local E = {
   missing = 40001, appid = 40002, sign_type = 40003, version = 40004, sign = 40005, timestamp = 40006,
-  frequent = 40007, method = 40008, biz = 40009,
+  frequent = 40007, method = 40008, biz = 40009, repeated = 40010,
   missing_biz = 50001, cabinet = 50002, offline = 50003, stock = 50004, order = 50005,
   order_status = 50006, refunded = 50007, amount = 50008, appeal = 50009, params = 50010,
 }
@@ -172,8 +177,11 @@ end
 
 -- The scheme, written out from the document: every field but sign, sorted by bytes, k=v joined by
 -- "&", empty values kept, then "&" and the key; MD5, lower-case hex.
+-- Also returns the request's content (what is signed but the timestamp), for the duplicate detector.
+local SIGN, TIMESTAMP = { sign = true }, { timestamp = true }
 local function sign_with(params, key)
-  return core.digest("md5", util.canonical(params, { sign = true }, false) .. "&" .. key)
+  local signed, content = util.canonical(params, SIGN, false, TIMESTAMP)
+  return core.digest("md5", signed .. "&" .. key), content
 end
 
 -- A decoded JSON value as the text PHP would sign (numbers without ".0").
@@ -199,7 +207,7 @@ Instance.__index = Instance
 
 function M.new(ctx)
   local self = setmetatable({
-    config = ctx.config, now = ctx.now, clock = ctx.clock,
+    config = ctx.config, now = ctx.now, clock = ctx.clock, duplicates = ctx.duplicates,
     seq = 0,
     cabinets = {}, orders = util.array(), by_receipt = {}, by_order = {},
     refunds = util.array(), appeals = util.array(), doors = util.array(),
@@ -276,7 +284,8 @@ end
 
 local COMMON = { "appid", "method", "biz_content", "version", "timestamp", "sign_type", "sign" }
 
--- The checks every call goes through. Returns params, operator, biz (decoded) or nil, reply.
+-- The checks every call goes through. Returns params, operator, biz (decoded), the timestamp in
+-- seconds and the request's content (for the duplicate detector), or nil, reply.
 function Instance:gate(req)
   local p = {}
   if util.is_form(req.headers) then
@@ -301,17 +310,20 @@ function Instance:gate(req)
   if p.sign_type ~= "md5" then return nil, reply(E.sign_type, "ERR_SIGN_TYPE") end
   if p.version ~= "1.0.0" then return nil, reply(E.version, "ERR_VERSION") end
   -- built here from the received bytes, never by the client's signer
-  if p.sign ~= sign_with(p, op.secret) then return nil, reply(E.sign, "ERR_SIGN") end
-  -- the table says seconds, the example milliseconds: both are read
+  local expected, content = sign_with(p, op.secret)
+  if p.sign ~= expected then return nil, reply(E.sign, "ERR_SIGN") end
+  -- the table says seconds, the example milliseconds: strict, the configured unit; else both
   local ts = p.timestamp:match("^%d+$") and tonumber(p.timestamp)
-  if ts and ts > 1e11 then ts = ts / 1000 end
+  if ts and (self.config.strict and self.config.timestamp_unit == "ms" or not self.config.strict and ts > 1e11) then
+    ts = ts / 1000
+  end
   if not ts or math.abs(self.now() - ts) > self.config.window then
     return nil, reply(E.timestamp, "ERR_TIMESTAMP")
   end
   if not self:admit(p.appid) then return nil, reply(E.frequent, "ERR_FREQUENT") end
   local biz = util.json_decode(p.biz_content)
   if type(biz) ~= "table" then return nil, reply(E.biz, "ERR_BIZ_CONTENT") end
-  return p, op, biz
+  return p, op, biz, ts, content
 end
 
 local function page_of(biz, list)
@@ -472,11 +484,19 @@ METHODS["operators.config.thirdpay.set"] = function(self, p, biz)
   return ok({ PayUrl = biz.PayUrl, ServerUrl = biz.ServerUrl or "" })
 end
 
+-- The methods that change something: a replay of one is refused (strict).
+local ACTS = { ["cabinet.open.door"] = true, ["cabinet.order.refund.apply"] = true,
+               ["cabinet.order.user.appeal"] = true, ["operators.config.thirdpay.set"] = true }
+
 local function gateway(self, req)
-  local p, op, biz = self:gate(req)
+  local p, op, biz, ts, content = self:gate(req)
   if not p then return op end
   local fn = METHODS[p.method]
   if not fn then return reply(E.method, "ERR_METHOD") end
+  if ACTS[p.method] and self.duplicates:check(M.GATEWAY, content,
+                                              p.sign, ts + self.config.window, self.config.strict) then
+    return reply(E.repeated, "ERR_REPEAT")
+  end
   return fn(self, p, biz, op)
 end
 
@@ -506,11 +526,14 @@ local function pay_notify(self, req)
   for k, v in pairs(p) do
     if k ~= "price" then signed[k] = v end -- price travels unsigned
   end
-  if p.sign ~= sign_with(signed, key) then return answer("fail: bad sign", rec) end
+  local expected, content = sign_with(signed, key)
+  if p.sign ~= expected then return answer("fail: bad sign", rec) end
   -- seconds only: milliseconds here are a client bug the sandbox should show
   local ts = p.timestamp:match("^%d+$") and tonumber(p.timestamp)
   if not ts or math.abs(self.now() - ts) > self.config.window then return answer("fail: bad timestamp", rec) end
   if p.trade_status ~= "1" and p.trade_status ~= "-1" then return answer("fail: bad trade_status", rec) end
+  -- counted, never refused: a notice for one trade is idempotent by design (the same one settles nothing twice)
+  self.duplicates:check(M.NOTIFY, content, p.sign, ts + self.config.window, false)
   if tonumber(p.price) ~= order.Amount then return answer("fail: price does not match the order", rec) end
   if order.PayStatus == 1 then
     -- a repeated notice for the same trade is fine; another trade for a paid order is not
@@ -527,8 +550,8 @@ local function pay_notify(self, req)
 end
 
 M.routes = {
-  ["/api/gateway/index"] = gateway,
-  ["/api/thirdpay/notify"] = pay_notify,
+  [M.GATEWAY] = gateway,
+  [M.NOTIFY] = pay_notify,
 }
 
 ---------------------------------------------------------------------------- admin
@@ -650,7 +673,7 @@ M.admin.pay_redirect = function(self, req)
   local params = {
     receipt_no = order.ReceiptNo,
     return_url = a.return_url or ("http://" .. host .. "/yopoint/paid?receipt_no=" .. order.ReceiptNo),
-    notify_url = "http://" .. host .. "/api/thirdpay/notify",
+    notify_url = "http://" .. host .. M.NOTIFY,
     timestamp = string.format("%d", math.floor(self.now() - (tonumber(a.age or 0) or 0))),
   }
   params.sign = sign_with(params, tp.SignKey)

@@ -14,10 +14,14 @@ M.name = "zafu"
 -- token_ttl: a token's lifetime in seconds (the document: two weeks).
 -- aes_mode / aes_iv / aes_encoding: how scan_record's idCard is expected to be encrypted (the
 -- document names none: ECB, PKCS#7, base64 by default).
-M.defaults = { token_ttl = 1209600, aes_mode = "ecb", aes_iv = nil, aes_encoding = "base64" }
+-- strict: scanDate exactly as the document writes it (yy-MM-dd hh:mm:ss: a two-digit year, a
+-- 12-hour clock) and msgcreate's userno a known 学工号 whatever the scope.
+M.defaults = { token_ttl = 1209600, aes_mode = "ecb", aes_iv = nil, aes_encoding = "base64", strict = true }
 
 function M.check_setting(key, value)
-  if key == "token_ttl" then
+  if key == "strict" then
+    if type(value) ~= "boolean" then return nil, "zafu.strict must be true or false" end
+  elseif key == "token_ttl" then
     if type(value) ~= "number" or value <= 0 then return nil, "zafu.token_ttl must be a number of seconds > 0" end
   elseif key == "aes_mode" then
     if value ~= "ecb" and value ~= "cbc" then return nil, "zafu.aes_mode must be \"ecb\" or \"cbc\"" end
@@ -74,14 +78,6 @@ local function seed_menus()
       }),
     },
   })
-end
-
-function M.credentials()
-  local lines = {}
-  for id, c in pairs(CLIENTS) do
-    lines[#lines + 1] = "zafu client_id=" .. id .. " client_secret=" .. c.secret .. " app_id=" .. c.app_id
-  end
-  return lines
 end
 
 -- The demo account (kaifang.zafu.new's options) and what the seeded world holds: rows { what, id, about }.
@@ -155,6 +151,7 @@ function M.new(ctx)
     config = ctx.config,
     now = ctx.now,
     clock = ctx.clock,
+    duplicates = ctx.duplicates,
     tokens = {}, -- client_id -> { token=, expires_at= }: the latest only
     issued = 0,
     refused = { expired = 0, invalid = 0, missing = 0 },
@@ -210,8 +207,9 @@ local function token(self, req)
     .. ',"scope":"base_api","token_type":"Bearer"}')
 end
 
--- The caller's client, or nil and the refusal: 401 without a token, 403 invalid_grant for an
--- expired one or one that is not the latest issued.
+-- The caller's client, or nil and the refusal: 401 without a token (Spring Security's body: the
+-- document says only "401或403"; README: "What the documents leave open"), 403 invalid_grant for
+-- an expired one or one that is not the latest issued.
 function Instance:authorize(req)
   local t = query_of(req).access_token
   if blank(t) then
@@ -304,7 +302,7 @@ local function msg_create(self, req)
   if not p.scope:match("^[1-6]$") then return status_reply(false, "推送范围错误") end
   if p.channel ~= "1" and p.channel ~= "2" then return status_reply(false, "推送渠道错误") end
   if blank(p.userno) then return status_reply(false, "学工号为空") end
-  if p.scope == "6" and not USERS[p.userno] then return status_reply(false, "学工号不存在") end
+  if (p.scope == "6" or self.config.strict) and not USERS[p.userno] then return status_reply(false, "学工号不存在") end
   if not blank(p.mobile) and not valid_tel(p.mobile) then return status_reply(false, "手机号格式不正确") end
   self.messages[#self.messages + 1] = {
     seq = self:next_id(), via = "msgcreate", time = math.floor(self.now() * 1000) / 1000,
@@ -388,6 +386,17 @@ function Instance:decrypt_id(app_id, text)
   return core.aes_decrypt(key, bytes, self.config.aes_mode, self.config.aes_iv)
 end
 
+-- "yy-MM-dd hh:mm:ss" as Java writes patterns: a two-digit year and hh the 12-hour clock (01-12).
+-- Not strict: a four-digit year and a 24-hour clock pass too.
+local function valid_scan_date(s, strict)
+  local y, mo, d, h, mi, sec = s:match("^(%d%d)-(%d%d)-(%d%d) (%d%d):(%d%d):(%d%d)$")
+  if not y and not strict then y, mo, d, h, mi, sec = s:match("^(%d%d%d%d)-(%d%d)-(%d%d) (%d%d):(%d%d):(%d%d)$") end
+  if not y then return false end
+  mo, d, h, mi, sec = tonumber(mo), tonumber(d), tonumber(h), tonumber(mi), tonumber(sec)
+  local hours_ok = strict and (h >= 1 and h <= 12) or (not strict and h <= 23)
+  return mo >= 1 and mo <= 12 and d >= 1 and d <= 31 and hours_ok and mi <= 59 and sec <= 59
+end
+
 local function scan_record(self, req)
   local c, refusal = self:authorize(req)
   if refusal then return refusal end
@@ -401,9 +410,7 @@ local function scan_record(self, req)
   local id = self:decrypt_id(p.appId, p.idCard)
   if not id then return failure("身份证号解密失败", { "idCard" }) end
   if not M.valid_id_number(id) then return failure("身份证号格式错误", { "idCard" }) end
-  if not (p.scanDate:match("^%d%d%-%d%d%-%d%d %d%d:%d%d:%d%d$") or p.scanDate:match("^%d%d%d%d%-%d%d%-%d%d %d%d:%d%d:%d%d$")) then
-    return failure("扫码时间格式错误", { "scanDate" })
-  end
+  if not valid_scan_date(p.scanDate, self.config.strict) then return failure("扫码时间格式错误", { "scanDate" }) end
   self.scans[#self.scans + 1] = {
     seq = self:next_id(), time = math.floor(self.now() * 1000) / 1000, termName = p.termName, termSn = p.termSn,
     name = p.name, xgh = p.xgh, idCard = id, userType = p.userType, scanDate = p.scanDate,
@@ -422,6 +429,22 @@ M.routes = {
   ["/api/mustTaskList"] = must_task_list,
   ["/api/scanrecord.jhtm"] = scan_record,
 }
+
+local TOKEN = { access_token = true } -- left out of a request's content
+
+-- The acting interfaces go through the duplicate detector once their token is accepted. ZAFU
+-- signs nothing and sends no timestamp, so nothing tells a replay from a second request: the
+-- same content again (query and body but the token) is counted, never refused.
+for _, path in ipairs({ "/api/menusubmit", "/api/menudelete", "/api/msgcreate", "/api/msgsend", "/api/scanrecord.jhtm" }) do
+  local handler = M.routes[path]
+  M.routes[path] = function(self, req)
+    local res = handler(self, req)
+    if res.status == 200 then -- its token was accepted (a refused one is a 401 or 403)
+      self.duplicates:check(path, util.canonical(query_of(req), TOKEN) .. "|" .. util.canonical(form_of(req), TOKEN), nil, nil, false)
+    end
+    return res
+  end
+end
 
 ---------------------------------------------------------------------------- admin
 

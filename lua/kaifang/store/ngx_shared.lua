@@ -30,8 +30,8 @@ Store.__name = "kaifang.store.ngx_shared"
 local MUTEX_TTL = 0.05
 local PREFIX_MUTEX, PREFIX_LOCK, PREFIX_RATE = "\1mu:", "\1lock:", "\1rate:"
 
-local fail, check_key, check_value, check_ttl, check_owner =
-  require("kaifang.store").argument_checks("kaifang.store.ngx_shared")
+local store = require "kaifang.store"
+local fail, check_key, check_value, check_ttl, check_owner, check_take = store.argument_checks("kaifang.store.ngx_shared")
 
 local function store_error(code, message)
   return require("kaifang.errors").new{ platform = "store", kind = "store", code = code, message = message, retryable = true }
@@ -149,20 +149,12 @@ end
 
 function Store:take(key, rate, opts)
   check_key(key, 2)
-  if type(rate) ~= "number" or rate <= 0 then fail("the rate must be a positive number of calls per second", 2) end
-  opts = opts or {}
-  local burst, max_wait = opts.burst or 1, opts.max_wait
-  if type(burst) ~= "number" or burst < 1 then fail("option 'burst' must be a number >= 1", 2) end
-  if max_wait ~= nil and (type(max_wait) ~= "number" or max_wait < 0) then fail("option 'max_wait' must be a number >= 0", 2) end
-  local rk, interval = PREFIX_RATE .. key, 1 / rate
+  local interval, burst, max_wait = check_take(rate, opts, 2)
+  local rk = PREFIX_RATE .. key
   local wait, over = self:locked(rk, function()
     local now = self.now()
-    local tat = self.dict:get(rk) -- theoretical arrival time of the next free slot
-    if type(tat) ~= "number" or tat < now then tat = now end
-    local w = tat - now - (burst - 1) * interval
-    if w < 0 then w = 0 end
-    if max_wait and w > max_wait then return nil, w end
-    local nxt = tat + interval
+    local nxt, w = store.gcra(self.dict:get(rk), now, interval, burst, max_wait)
+    if not nxt then return nil, w end
     local ok, err = self.dict:set(rk, nxt, nxt - now + 1) -- forgotten once idle
     if not ok then return nil, store_error("dict", tostring(err)) end
     return w
