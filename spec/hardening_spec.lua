@@ -159,7 +159,8 @@ describe("5. numbers that are not numbers", function()
   it("clients refuse them in their options", function()
     local base = { developer_code = "c", developer_key = "k", base_url = "http://127.0.0.1:1" }
     for _, bad in ipairs{ { timeout = nan }, { connect_timeout = inf }, { max_attempts = inf }, { max_attempts = nan },
-                          { max_body = -1 }, { max_body = nan }, { keepalive_timeout = nan } } do
+                          { max_body = -1 }, { max_body = nan }, { keepalive_timeout = nan }, { rate = nan },
+                          { rate = inf } } do
       local opts = {}
       for k, v in pairs(base) do opts[k] = v end
       local k, v = next(bad)
@@ -182,6 +183,9 @@ describe("5. numbers that are not numbers", function()
     local m = kaifang.store.memory()
     assert.is_false(pcall(m.set, m, "k", "v", nan))
     assert.is_false(pcall(m.set, m, "k", "v", inf))
+    assert.is_false(pcall(m.take, m, "k", nan))
+    assert.is_false(pcall(m.take, m, "k", 1, { burst = nan }))
+    assert.is_false(pcall(m.take, m, "k", 1, { max_wait = inf }))
     assert.is_false(pcall(kaifang.store.file, "/tmp/x", { lock_timeout = nan }))
   end)
 

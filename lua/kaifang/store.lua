@@ -70,13 +70,16 @@ function M.argument_checks(prefix)
       if type(owner) ~= "string" or owner == "" then fail("the lock owner must be a non-empty string", level + 1) end
     end,
     function(rate, opts, level)
-      if type(rate) ~= "number" or rate <= 0 then fail("the rate must be a positive number of calls per second", level + 1) end
+      -- NaN fails each of these tests; the upper bounds keep the times finite
+      if type(rate) ~= "number" or not (rate >= 1e-6 and rate <= 1e6) then
+        fail("the rate must be a number of calls per second from 1e-6 to 1e6", level + 1)
+      end
       if opts ~= nil and type(opts) ~= "table" then fail("take's options must be a table", level + 1) end
       opts = opts or {}
       local burst, max_wait = opts.burst or 1, opts.max_wait
-      if type(burst) ~= "number" or burst < 1 then fail("option 'burst' must be a number >= 1", level + 1) end
-      if max_wait ~= nil and (type(max_wait) ~= "number" or max_wait < 0) then
-        fail("option 'max_wait' must be a number >= 0", level + 1)
+      if type(burst) ~= "number" or not (burst >= 1 and burst <= 1e9) then fail("option 'burst' must be a number from 1 to 1e9", level + 1) end
+      if max_wait ~= nil and (type(max_wait) ~= "number" or not (max_wait >= 0 and max_wait <= 1e6)) then
+        fail("option 'max_wait' must be a number of seconds from 0 to 1e6", level + 1)
       end
       return 1 / rate, burst, max_wait
     end

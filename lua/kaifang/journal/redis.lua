@@ -118,7 +118,7 @@ function M.new(opts)
     fail("option 'prefix' must name the batch, e.g. \"notices:2024-06:\"", 2)
   end
   local lease = opts.lease or 10
-  if type(lease) ~= "number" or lease <= 0 then fail("option 'lease' must be a positive number of seconds", 2) end
+  if not require("kaifang.client").seconds(lease) then fail("option 'lease' must be a positive number of seconds, at most 1e6", 2) end
   local ok, conn = pcall(core.redis, {
     host = opts.host, port = opts.port, password = opts.password, db = opts.db,
     connect_timeout = opts.connect_timeout, timeout = opts.timeout,

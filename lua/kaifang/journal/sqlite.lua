@@ -73,6 +73,9 @@ function M.new(path, opts)
   end
   local sync = opts.sync or "full"
   if sync ~= "full" and sync ~= "normal" then fail("option 'sync' must be \"full\" or \"normal\"", 2) end
+  if opts.busy_timeout ~= nil and not require("kaifang.client").seconds(opts.busy_timeout, true) then
+    fail("option 'busy_timeout' must be a number of seconds from 0 to 1e6", 2)
+  end
   local db, err = core.sqlite(path, { readonly = opts.readonly, busy_timeout = opts.busy_timeout })
   if not db then fail(path .. ": " .. tostring(err.message), 2) end
   if not opts.readonly then
