@@ -69,7 +69,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   sa.sin_family = AF_INET;
   sa.sin_port = htons((uint16_t)port);
   sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  FUZZ_CHECK(connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0, "connect: %s", strerror(errno));
+  if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+    /* libFuzzer's timer (SIGALRM) can interrupt it; the connection goes on, so wait for it */
+    struct pollfd p;
+    int e = 0;
+    socklen_t elen = sizeof e;
+    FUZZ_CHECK(errno == EINTR, "connect: %s", strerror(errno));
+    p.fd = fd;
+    p.events = POLLOUT;
+    p.revents = 0;
+    while (poll(&p, 1, 3000) < 0 && errno == EINTR) {
+    }
+    FUZZ_CHECK(getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &elen) == 0 && e == 0, "connect: %s", strerror(e));
+  }
   deadline = now() + 3;
   while (sent < size && now() < deadline) { /* the server may answer (and close) before it all went */
     ssize_t w = send(fd, data + sent, size - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
