@@ -264,7 +264,7 @@ local default_rate_store
 function M.rate(self, opts, level)
   local rate, rs = opts.rate, opts.rate_store
   if rate ~= nil and (type(rate) ~= "number" or not (rate > 0 and rate <= 1e6)) then -- NaN fails
-    fail(self.platform, "option 'rate' must be a positive number of calls per second, at most 1e6", level + 1)
+    fail(self.platform, "option 'rate' must be a positive number of calls per second", level + 1)
   end
   if rs ~= nil then
     local msg = require("kaifang.store").check(rs, { "take" })
