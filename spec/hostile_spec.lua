@@ -93,10 +93,11 @@ describe("kaifang.core", function()
       { "redis", core.redis, { { port = 1 } } },
     }
     for _, c in ipairs(cases) do attack("core." .. c[1], c[2], c[3], { 1, 2, 3, 4 }) end
-    -- paths: strings go below the scratch folder, never into the checkout
+    -- paths: strings (and numbers, which C takes as strings) go below the scratch folder, never
+    -- into the checkout
     local function in_dir(fn)
       return function(p, ...)
-        if type(p) == "string" then p = dir .. "/" .. p end
+        if type(p) == "string" or type(p) == "number" then p = dir .. "/" .. tostring(p) end
         return fn(p, ...)
       end
     end
