@@ -57,12 +57,7 @@ local SHOPS = { U2TD844B2 = true, U2SHOP001 = true }
 local BUILDINGS = { BTEGNAZl = true, BTEGNB01 = true }
 local LINK_WHITELIST = { "https://szai.0xiao.com/" } -- prefixes
 
-local function sorted_keys(t)
-  local keys = {}
-  for k in pairs(t) do keys[#keys + 1] = k end
-  table.sort(keys)
-  return keys
-end
+local sorted_keys = util.sorted_keys
 
 -- The demo account (kaifang.lingdian.new's options) and what the seeded world holds, for people
 -- and for `kaifang sandbox`/`kaifang call --sandbox`: world rows are { what, id, about }.

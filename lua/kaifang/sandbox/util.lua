@@ -135,6 +135,14 @@ function M.json_decode(text)
   return v
 end
 
+-- A table's keys in order, for listings that read the same every time.
+function M.sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  table.sort(keys)
+  return keys
+end
+
 function M.copy(t)
   if type(t) ~= "table" then return t end
   local c = {}

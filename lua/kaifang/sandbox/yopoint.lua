@@ -72,12 +72,7 @@ local SEED_ORDERS = {
   { ago = 10, tid = "YP0001", items = { { "P1004", 1 } }, phone = "13311112222", pay = "thirdpay", unpaid = true },
 }
 
-local function sorted_keys(t)
-  local keys = {}
-  for k in pairs(t) do keys[#keys + 1] = k end
-  table.sort(keys)
-  return keys
-end
+local sorted_keys = util.sorted_keys
 
 -- The demo account (kaifang.yopoint.new's options) and what the seeded world holds: rows
 -- { what, id, about }. Orders get their ReceiptNo when the sandbox starts: list them to see it.
