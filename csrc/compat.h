@@ -2,6 +2,8 @@
 #ifndef KAIFANG_COMPAT_H
 #define KAIFANG_COMPAT_H
 
+#include <string.h>
+
 #include <lua.h>
 #include <lauxlib.h>
 
@@ -64,6 +66,15 @@ static inline void kf_newclass(lua_State *L, const char *tname, const luaL_Reg *
   lua_pushcfunction(L, gc);
   lua_setfield(L, -2, "__close");
   lua_pop(L, 1);
+}
+
+/* A name, path or SQL text that C reads up to its first NUL: one with a NUL inside would mean
+ * another, so it is refused. */
+static inline const char *kf_checkcstring(lua_State *L, int idx) {
+  size_t len;
+  const char *s = luaL_checklstring(L, idx, &len);
+  if (memchr(s, '\0', len)) luaL_argerror(L, idx, "contains a NUL byte");
+  return s;
 }
 
 #endif

@@ -204,17 +204,9 @@ static int push_digest(lua_State *L, const unsigned char *raw, int len, int fmt_
   return 1;
 }
 
-/* A name or path that C reads up to its first NUL: one with a NUL inside would mean another. */
-static const char *check_cstring(lua_State *L, int idx) {
-  size_t len;
-  const char *s = luaL_checklstring(L, idx, &len);
-  if (memchr(s, '\0', len)) luaL_argerror(L, idx, "contains a NUL byte");
-  return s;
-}
-
 static int l_digest(lua_State *L) {
   size_t len;
-  const char *alg = check_cstring(L, 1), *data = luaL_checklstring(L, 2, &len);
+  const char *alg = kf_checkcstring(L, 1), *data = luaL_checklstring(L, 2, &len);
   unsigned char out[KF_MAX_DIGEST];
   char err[KF_ERRLEN];
   int n = kf_digest(alg, 0, NULL, 0, data, len, out, err);
@@ -224,7 +216,7 @@ static int l_digest(lua_State *L) {
 
 static int l_hmac(lua_State *L) {
   size_t klen, len;
-  const char *alg = check_cstring(L, 1), *key = luaL_checklstring(L, 2, &klen);
+  const char *alg = kf_checkcstring(L, 1), *key = luaL_checklstring(L, 2, &klen);
   const char *data = luaL_checklstring(L, 3, &len);
   unsigned char out[KF_MAX_DIGEST];
   char err[KF_ERRLEN];
@@ -812,7 +804,7 @@ static pinset *pinset_of(lua_State *L) {
 /* core.pin_dir(path) -> fd | nil, err: the directory held open for as long as this state lives;
  * the same directory (by device and inode) is held once. */
 static int l_pin_dir(lua_State *L) {
-  const char *path = check_cstring(L, 1);
+  const char *path = kf_checkcstring(L, 1);
 #ifdef __linux__
   struct stat st;
   pinset *set = pinset_of(L);

@@ -79,16 +79,8 @@ static int stmt_close(lua_State *L) {
   return 0;
 }
 
-/* SQL or a path: C reads it up to its first NUL, so one with a NUL inside is refused. */
-static const char *check_text(lua_State *L, int idx) {
-  size_t len;
-  const char *s = luaL_checklstring(L, idx, &len);
-  if (memchr(s, '\0', len)) luaL_argerror(L, idx, "contains a NUL byte");
-  return s;
-}
-
 static int l_sqlite(lua_State *L) {
-  const char *path = check_text(L, 1);
+  const char *path = kf_checkcstring(L, 1);
   int readonly = 0, rc, flags;
   double busy = 5;
   kdb *d;
@@ -139,7 +131,7 @@ static int l_sqlite(lua_State *L) {
 
 static int l_exec(lua_State *L) {
   kdb *d = check_db(L);
-  const char *sql = check_text(L, 2);
+  const char *sql = kf_checkcstring(L, 2);
   char *msg = NULL;
   int rc = sqlite3_exec(d->db, sql, NULL, NULL, &msg);
   if (rc != SQLITE_OK) {
@@ -153,7 +145,7 @@ static int l_exec(lua_State *L) {
 
 static int l_prepare(lua_State *L) {
   kdb *d = check_db(L);
-  const char *sql = check_text(L, 2);
+  const char *sql = kf_checkcstring(L, 2);
   kstmt *s;
   int rc;
   s = kf_newuserdata(L, sizeof *s);

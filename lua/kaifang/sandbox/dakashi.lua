@@ -82,17 +82,11 @@ function M.demo()
     add("card", c.serial_no, ("msisdn %s, iccid %s, %s: %d%% used, ends in %d days"):format(
       c.msisdn, c.iccid, info.product_name, math.floor(p.used / info.data_value * 100 + 0.5), info.days - p.started))
   end
-  local pids = {}
-  for pid in pairs(PRODUCTS) do pids[#pids + 1] = pid end
-  table.sort(pids)
-  for _, pid in ipairs(pids) do
+  for _, pid in ipairs(util.sorted_keys(PRODUCTS)) do
     local info = PRODUCTS[pid]
     add("product", tostring(pid), ("%s, %d MB, %d fen, %d days"):format(info.product_name, info.data_value, info.price, info.days))
   end
-  local cards = {}
-  for no in pairs(PREPAID) do cards[#cards + 1] = no end
-  table.sort(cards)
-  for _, no in ipairs(cards) do
+  for _, no in ipairs(util.sorted_keys(PREPAID)) do
     local pc = PREPAID[no]
     add("prepaid", no, ("product %d, %s"):format(pc.product_id, pc.status == 0 and "unused" or ("used by " .. pc.used_by)))
   end
