@@ -303,7 +303,7 @@ end
 -- secret masked, when the debug hook will print it. A module function for the same reason.
 function M.sign(self, params)
   local secret = secrets[self]
-  local signature, string_to_sign = sign.signer(self.platform):sign(params, secret)
+  local signature, string_to_sign = sign.signer(self.platform):sign(params, secret, not self.debug)
   params.sign = signature
   return self.debug and sign.mask(string_to_sign, secret) or nil
 end
