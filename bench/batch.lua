@@ -13,7 +13,8 @@
 -- Server and client are pinned to separate cores (bench/common.lua); each case runs ROUNDS times,
 -- interleaved, and prints the median and the spread. Writes build/bench/throughput.png (gnuplot):
 -- requests per second, and client CPU per call below it.
--- Run: make bench (or lua5.4 bench/batch.lua [N]; LEVELS="8 32" and ROUNDS=3 in the environment)
+-- Run: make bench (or lua5.4 bench/batch.lua [N]; in the environment LEVELS="8 32", ROUNDS=3,
+-- SERVERS="nginx", CASES="kaifang.batch,core.multi")
 local kaifang = require "kaifang"
 local core = require "kaifang.core"
 local sandbox = require "kaifang.sandbox"
@@ -33,10 +34,10 @@ local EXPECT = '{"code":100,'
 local FIXED = '{"code":100,"message":"ok","data":13311112222}'
 
 local pinning = bench.server_side()
-local servers = {
-  { name = "sandbox", url = sandbox.start{ port = 0 } },
-  { name = "nginx", url = bench.nginx(FIXED) },
-}
+local servers = {}
+for name in (os.getenv("SERVERS") or "sandbox nginx"):gmatch("%a+") do
+  servers[#servers + 1] = { name = name, url = name == "nginx" and bench.nginx(FIXED) or sandbox.start{ port = 0 } }
+end
 for _, s in ipairs(servers) do s.handle, s.url = s.url, s.url.url end
 bench.client_side()
 
@@ -143,6 +144,10 @@ runners.wrk = wrk_ok and function(server, c)
 end or nil
 
 local CASES = { "kaifang.batch", "core.multi", "C floor", "curl --parallel", "wrk" }
+if os.getenv("CASES") then -- e.g. CASES="kaifang.batch,C floor" (the floor is always kept)
+  local want = "," .. os.getenv("CASES") .. ",C floor,"
+  for i = #CASES, 1, -1 do if not want:find("," .. CASES[i] .. ",", 1, true) then table.remove(CASES, i) end end
+end
 
 local results = {} -- [server][c] = rounds' results by case
 for _, server in ipairs(servers) do
@@ -172,7 +177,7 @@ for _, server in ipairs(servers) do
       if x then print(("%-12d %-16s %16s %20s"):format(c, name, bench.fmt(x.rps, x.rps_spread), bench.fmt(x.cpu_us, x.cpu_spread, 1))) end
     end
     local k, f = r["kaifang.batch"], r["C floor"]
-    print(("%-12d %-16s %16s %20.2fx"):format(c, "kaifang / floor", "CPU per call:", k.cpu_us / f.cpu_us))
+    if k then print(("%-12d %-16s %16s %20.2fx"):format(c, "kaifang / floor", "CPU per call:", k.cpu_us / f.cpu_us)) end
   end
 end
 

@@ -20,6 +20,7 @@
 #define SIGNER_MT "kaifang.signer"
 #define HTTP_MT "kaifang.http"
 #define MULTI_MT "kaifang.multi"
+#define RESPONSE_MT "kaifang.response"
 #define MAX_STACK_PAIRS 32
 #define MAX_STACK_STS 4096
 #define MAX_SECONDS 1e6 /* eleven days: any longer is a mistake, and it keeps the casts in range */
@@ -566,10 +567,9 @@ static void add_header(lua_State *L, kf_http *h, const char *name, size_t nlen, 
 }
 
 /* Lower-cased names; a repeated header's values are joined with ", ". */
-static void push_headers(lua_State *L, const kf_buf *head) {
-  const char *p = head->data, *end = head->data + head->len;
+static void push_headers(lua_State *L, const char *p, size_t len) {
+  const char *end = p + len;
   lua_newtable(L);
-  if (p == NULL) return;
   while (p < end) {
     const char *eol = memchr(p, '\n', (size_t)(end - p)), *colon;
     if (eol == NULL) eol = end;
@@ -598,6 +598,27 @@ static void push_headers(lua_State *L, const kf_buf *head) {
     }
     p = eol + 1;
   }
+}
+
+/* A response's headers become a table only when res.headers is first read (most callers never
+ * read them): until then the raw block waits in the response under this key. */
+static const char raw_headers_key = 0;
+#define RAW_HEADERS ((void *)&raw_headers_key)
+
+static int response_index(lua_State *L) {
+  size_t len = 0;
+  const char *raw;
+  if (lua_type(L, 2) != LUA_TSTRING || strcmp(lua_tostring(L, 2), "headers") != 0) return 0;
+  lua_pushlightuserdata(L, RAW_HEADERS);
+  lua_rawget(L, 1);
+  raw = lua_tolstring(L, -1, &len);
+  push_headers(L, raw ? raw : "", len);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, 1, "headers"); /* rawset: the table has no __newindex */
+  lua_pushlightuserdata(L, RAW_HEADERS);
+  lua_pushnil(L);
+  lua_rawset(L, 1);
+  return 1;
 }
 
 static int transport_error(lua_State *L, const kf_result *r) {
@@ -642,10 +663,7 @@ static void prepare_request(lua_State *L, kf_http *h, int idx) {
   body = lua_tolstring(L, -1, &bodylen);
   timeout_ms = opt_ms(L, idx, "timeout", 0);
   lua_getfield(L, idx, "headers");
-  if (h->req_headers) { /* left over from a request whose header building raised */
-    curl_slist_free_all(h->req_headers);
-    h->req_headers = NULL;
-  }
+  h->next_lines.len = 0; /* what a request whose header building raised left */
   if (!lua_isnil(L, -1)) {
     int t = lua_gettop(L);
     if (!lua_istable(L, t)) luaL_error(L, "kaifang.http: 'headers' must be a table");
@@ -672,10 +690,13 @@ static int push_result(lua_State *L, kf_http *h, const kf_result *r) {
   lua_createtable(L, 0, 3);
   lua_pushinteger(L, r->status);
   lua_setfield(L, -2, "status");
-  push_headers(L, &h->head);
-  lua_setfield(L, -2, "headers");
+  lua_pushlightuserdata(L, RAW_HEADERS);
+  lua_pushlstring(L, h->head.data ? h->head.data : "", h->head.len);
+  lua_rawset(L, -3);
   lua_pushlstring(L, h->body.data ? h->body.data : "", h->body.len);
   lua_setfield(L, -2, "body");
+  luaL_getmetatable(L, RESPONSE_MT);
+  lua_setmetatable(L, -2);
   return 1;
 }
 
@@ -757,7 +778,7 @@ static int l_multi_submit(lua_State *L) {
     return 1;
   }
   slot = b->idle[b->nidle - 1];
-  if (kf_http_configure(&b->m.slots[slot], o) != 0) return luaL_error(L, "kaifang.multi: out of memory");
+  if (kf_multi_slot(&b->m, slot, o) == NULL) return luaL_error(L, "kaifang.multi: out of memory");
   prepare_request(L, &b->m.slots[slot], 2);
   if (kf_multi_start(&b->m, slot) != 0) return luaL_error(L, "kaifang.multi: could not start a transfer");
   b->nidle--;
@@ -921,6 +942,10 @@ int luaopen_kaifang_core(lua_State *L) {
   lua_setfield(L, -2, "__tostring");
   lua_pop(L, 1);
   kf_newclass(L, MULTI_MT, multi_methods, multi_gc);
+  luaL_newmetatable(L, RESPONSE_MT);
+  lua_pushcfunction(L, response_index);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
   kf_newlib(L, functions);
   lua_newtable(L); /* digests by name, fetched once, shared by core.digest and core.hmac */
   lua_pushvalue(L, -1);

@@ -47,7 +47,8 @@ function M.perform(key, opts, req)
   stats.requests = stats.requests + 1
   local ok, res, err = pcall(function() return session_for(key, opts):request(req) end)
   if not ok then return "raise", tostring(res) end
-  if res then return "ok", res end
+  -- a plain table: the copy into the request's VM drops the metatable that reads headers lazily
+  if res then return "ok", { status = res.status, headers = res.headers, body = res.body } end
   return "err", err
 end
 
