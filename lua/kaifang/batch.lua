@@ -48,7 +48,9 @@ local function source(calls)
       if call == nil then return nil end
     end
     i = i + 1
-    local item = { index = i, attempt = 0 }
+    -- the fields it will get, named so that the table is sized once (nil fields take no room)
+    local item = { index = i, attempt = 0, client = nil, name = nil, args = nil, ep = nil, acts = nil, key = nil,
+                   req = nil }
     if type(call) ~= "table" then
       item.err = argument_error(nil, "call " .. i .. " is not a table")
       return item

@@ -67,8 +67,9 @@ end
 -- The parameters as sent: the caller's, the developer code, the interface's fixed type (signed
 -- and sent even where the document's body table leaves it out), the timestamp and the sign.
 function Lingdian:build_request(ep, args)
-  local params = {}
-  for k, v in pairs(args) do params[k] = v end
+  -- named in the constructor, so that the table is sized once (adding them one by one regrows it)
+  local params = { developer_code = nil, type = nil, timestamp = nil, sign = nil, tel = nil }
+  for k, v in next, args do params[k] = v end
   params.developer_code = self.developer_code
   if ep.developer_tel and (params.tel == nil or params.tel == "") then params.tel = self.developer_tel end
   params.type = ep.type
