@@ -55,6 +55,25 @@ function M.sleep(seconds)
   return require("kaifang.core").sleep(seconds)
 end
 
+-- One of the slots of key (a platform account) in this nginx worker, limit of them, waiting at most
+-- timeout seconds: -> the semaphore to post back to, false when none came free in time, or nil
+-- where no limit applies (outside nginx, or a phase that cannot wait: the call blocks or raises
+-- anyway). Slots are per worker because the thread pool and its 100 thread VMs are.
+local slots = {}
+
+function M.slot(key, limit, timeout)
+  local phase = M.phase()
+  if not (phase and M.yielding_phases[phase]) then return nil end
+  local id = key .. "#" .. limit
+  local sem = slots[id]
+  if not sem then
+    sem = assert(require("ngx.semaphore").new(limit)) -- lua-resty-core, which lua-nginx-module requires
+    slots[id] = sem
+  end
+  if sem:wait(timeout > 0 and timeout or 0) then return sem end
+  return false
+end
+
 function M.new(name, opts)
   if not M.names[name] then return nil, "unknown transport '" .. tostring(name) .. "' (expected curl, ngx_thread or resty_http)" end
   return require("kaifang.transport." .. name).new(opts or {})
