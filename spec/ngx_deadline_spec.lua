@@ -68,6 +68,23 @@ describe("kaifang in nginx under a slow platform", function()
     assert.are.equal(2, sent("lingdian") - before, "the sandbox got the queued calls too")
   end)
 
+  it("takes back the slots of calls whose request ended while they were in flight", function()
+    -- concurrency 2, 1 s: two calls left in flight by a request that ends at once (ngx.exit)
+    assert(sb:configure{ lingdian = { latency = 3 } })
+    local before = sent("lingdian")
+    local t0 = core.monotonic()
+    local status, body = ng:get("/abandon?n=2&concurrency=2&timeout=1")
+    assert.are.equal(200, status, body)
+    wait_for("the sandbox to hold the 2 calls", 5, function() return sent("lingdian") - before >= 2 end)
+    local out, obody = get("/burst?platform=lingdian&n=1&concurrency=2&timeout=0.3")
+    assert.are.equal("busy", out.calls[1].err.code, obody) -- their slots are held
+    assert(sb:configure{ lingdian = { latency = cjson.null } })
+    core.sleep(math.max(0, t0 + 3.5 - core.monotonic())) -- their deadline (1 s) and 2 s more
+    out, obody = get("/burst?platform=lingdian&n=2&concurrency=2&timeout=2")
+    assert.are.equal(2, out.ok, obody)
+    assert.is_nil(ng:log():match("[^\n]*%[error%][^\n]*lua[^\n]*"))
+  end)
+
   it("keeps ZAFU at its normal latency, with one token, while Lingdian holds 200 calls for 2 s", function()
     assert(sb:configure{ lingdian = { latency = 2 } })
     local lingdian_before = sent("lingdian")

@@ -419,7 +419,7 @@ function Base:send(ep, req, deadline)
     if not wait then return nil, werr end
     if wait > 0 then transport.sleep(wait) end
   end
-  local slot = transport.slot(self.slot_key, self.concurrency, deadline - monotonic())
+  local slot = transport.slot(self.slot_key, self.concurrency, deadline)
   if slot == false then
     return nil, self:late("busy", ("waited %.1f s for one of the %d slots of %s account '%s' on this nginx worker, "
       .. "all held by calls still in flight (option 'concurrency')"):format(monotonic() - started, self.concurrency,
@@ -427,7 +427,7 @@ function Base:send(ep, req, deadline)
   end
   local left = deadline - monotonic()
   if left < 0.001 then -- libcurl takes whole milliseconds, and 0 would mean no limit
-    if slot then slot:post(1) end
+    if slot then slot:release() end
     return nil, self:late("deadline", ("its timeout ran out before it was sent (%.1f s spent waiting)"):format(
       monotonic() - started))
   end
@@ -436,7 +436,7 @@ function Base:send(ep, req, deadline)
   if slot then -- given back whatever the transport does
     local ok
     ok, res, err = pcall(self.transport.request, self.transport, req)
-    slot:post(1)
+    slot:release()
     if not ok then error(res, 0) end
   else
     res, err = self.transport:request(req)

@@ -135,6 +135,18 @@ function M.burst()
   return reply(ok and 200 or 500, { started = ok and true or false, err = err })
 end
 
+-- GET /abandon?n=2[&concurrency=&timeout=]: n Lingdian calls started in light threads, and the
+-- request ended at once (ngx.exit), which leaves them in flight and their slots never given back.
+function M.abandon()
+  local a = ngx.req.get_uri_args()
+  local c = M.client("lingdian", nil, { concurrency = tonumber(a.concurrency), timeout = tonumber(a.timeout) })
+  for _ = 1, tonumber(a.n) or 2 do
+    ngx.thread.spawn(function() return c:get_user_tel_by_code{ user_code = "U2TD844B2" } end)
+  end
+  ngx.say("abandoned")
+  return ngx.exit(ngx.HTTP_OK)
+end
+
 function M.burst_result()
   local v = ngx.shared.spec:get("burst:" .. tostring(ngx.var.arg_key))
   if not v then return reply(404, { done = false }) end
