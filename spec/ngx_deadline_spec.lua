@@ -8,15 +8,7 @@ local cjson = require "cjson"
 local sandbox = require "kaifang.sandbox"
 local harness = dofile("spec/nginx/harness.lua")
 
-local function wait_for(what, timeout, fn)
-  local deadline = core.monotonic() + timeout
-  while true do
-    local v = fn()
-    if v then return v end
-    if core.monotonic() > deadline then error("timed out waiting for " .. what, 2) end
-    core.sleep(0.05)
-  end
-end
+local wait_for = harness.wait_for
 
 describe("kaifang in nginx under a slow platform", function()
   local sb, ng

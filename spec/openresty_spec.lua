@@ -70,15 +70,7 @@ io.write(res and (res.status .. "\n" .. res.body) or ("0\n" .. tostring(err and 
   }
 end
 
-local function wait_for(what, timeout, fn)
-  local deadline = core.monotonic() + timeout
-  while true do
-    local v = fn()
-    if v then return v end
-    if core.monotonic() > deadline then error("timed out waiting for " .. what, 2) end
-    core.sleep(0.02)
-  end
-end
+local wait_for = harness.wait_for
 
 ---------------------------------------------------------------------------- signing, by hand
 -- Written out here from the platforms' rules, not through the core's signer.
