@@ -61,7 +61,8 @@ end
 -- wait: the call blocks or raises anyway). Slots are per worker because the thread pool and its
 -- 100 thread VMs are. A holder whose request ended while its call was in flight (ngx.exit with
 -- light threads running, a client abort) never gives its slot back: it is taken back RECLAIM
--- seconds after the holder's deadline, when every call of its own has long ended.
+-- seconds after the holder's deadline, when its transfer has ended (libcurl's timeout) or, still
+-- queued in the pool, will not be sent.
 local slots = {}
 local RECLAIM = 2
 
