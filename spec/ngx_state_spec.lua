@@ -52,6 +52,14 @@ describe("kaifang's shared state in nginx, one worker", function()
     assert.is_true(r.free, body)
   end)
 
+  it("keeps a callback's busy mark for as long as its handler runs (renewed), not a fixed time", function()
+    local _, body, _, r = ng:get("/busy") -- marks of 0.5 s renewed every 0.2 s, a handler of 1.5 s
+    assert.are.equal("success", r.first, body)
+    assert.are.equal("the same callback is being handled", r.during, body) -- at 1 s: still marked
+    assert.are.equal("success", r.after, body)                              -- done: answered again
+    assert.are.equal(1, r.calls, body)
+  end)
+
   describe("Dakashi's allow list", function()
     local cb = cjson.encode{ action_type = 1, serial_no = "87000001", package = "10G", nonce = tostring(os.time()) }
 

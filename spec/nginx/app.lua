@@ -231,6 +231,27 @@ function M.mutex()
   return reply(200, r)
 end
 
+-- GET /busy: one Dakashi callback whose handler runs 1.5 s, with a busy mark of 0.5 s renewed every
+-- 0.2 s; the same callback again at 1 s (still being handled), and after the first is done.
+function M.busy()
+  kngx.BUSY_TTL, kngx.BUSY_RENEW = 0.5, 0.2
+  local opts = { allow = "any", seen = kngx.seen_on(ngx.shared.kaifang_callbacks, "kaifang_callbacks"), log = function() end }
+  local body = '{"action_type":2,"serial_no":"busy-' .. ngx.now() .. '-' .. math.random(1e9) .. '","status":"on"}'
+  local calls = 0
+  local function deliver(work)
+    local req = { method = "POST", headers = {}, query = "", remote_addr = "198.51.100.7", path = "/cb/busy", body = body }
+    local res = kngx.process("dakashi_callback", nil, req, function() calls = calls + 1 ngx.sleep(work) end, opts)
+    return cjson.decode(res.body).errmsg
+  end
+  local first = ngx.thread.spawn(deliver, 1.5)
+  ngx.sleep(1)
+  local during = deliver(0)
+  local _, first_answer = ngx.thread.wait(first)
+  local after = deliver(0)
+  kngx.BUSY_TTL, kngx.BUSY_RENEW = 30, 10
+  return reply(200, { first = first_answer, during = during, after = after, calls = calls })
+end
+
 -- GET /flood?n=200000: n forged Dakashi callbacks, each body different (so each one is a new mark),
 -- through kaifang.ngx.process as the handler runs them, with the callbacks' dict; the ZAFU token
 -- and a held lock, in the state dict, before and after.
