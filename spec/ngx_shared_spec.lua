@@ -215,3 +215,41 @@ describe("kaifang.store.ngx_shared", function()
     end)
   end)
 end)
+
+describe("kaifang.store.default (the store a client given none uses)", function()
+  local kngx = require "kaifang.ngx"
+  local saved = kngx.config.dict
+  local function with_ngx(shared, workers, fn)
+    rawset(_G, "ngx", { shared = shared, worker = { count = function() return workers end },
+                        get_phase = function() return "init" end, config = { ngx_lua_version = 10023 } })
+    local ok, a, b = pcall(fn)
+    rawset(_G, "ngx", nil)
+    kngx.config.dict = saved
+    assert(ok, a)
+    return a, b
+  end
+
+  it("is one memory store per process outside nginx", function()
+    assert.are.equal(store.default(), store.default())
+    assert.matches("^kaifang.store.memory", tostring(store.default()))
+  end)
+
+  it("is the shared dict inside nginx when nginx has it (kaifang.ngx.config.dict)", function()
+    local st = with_ngx({ spec_state = fake_dict(os.time) }, 4, function()
+      kngx.config.dict = "spec_state"
+      return store.default()
+    end)
+    assert.are.equal("kaifang.store.ngx_shared(spec_state)", tostring(st))
+  end)
+
+  it("is refused with several workers and no dict, naming the directive; one worker keeps a memory store", function()
+    local st, why = with_ngx({}, 4, function() return store.default() end)
+    assert.is_nil(st)
+    assert.are.equal("nginx runs 4 workers and has no lua_shared_dict 'kaifang' for their shared state: add "
+      .. "`lua_shared_dict kaifang 1m;` to http {}, or give a store", why)
+    local ok, err = with_ngx({}, 2, function() return pcall(require("kaifang").zafu.new, { client_id = "c", client_secret = "s", app_id = "01" }) end)
+    assert.is_false(ok)
+    assert.matches("kaifang.zafu: option 'token_store' unset: nginx runs 2 workers", err, 1, true)
+    assert.matches("^kaifang.store.memory", tostring(with_ngx({}, 1, function() return store.default() end)))
+  end)
+end)
