@@ -89,8 +89,9 @@ local function too_frequent(message)
 end
 
 -- cjson reads every number as a float: 13311112222 must come back as "13311112222".
+local tointeger = math.tointeger -- nil on LuaJIT
 local function phone_string(data)
-  if type(data) == "number" then return ("%.0f"):format(data) end
+  if type(data) == "number" then return tointeger and tointeger(data) and tostring(data) or ("%.0f"):format(data) end
   if type(data) == "string" and data ~= "" then return data end
   return nil
 end
