@@ -207,14 +207,14 @@ for si, server in ipairs(servers) do
 end
 local gp = assert(io.open(OUT .. "/throughput.gp", "w"))
 gp:write(([[
-set terminal png size 900,900 noenhanced
+set terminal pngcairo size 900,900 noenhanced dashed
 set output '%s/throughput.png'
 set multiplot layout 2,1
 set logscale x 2
 set xlabel 'concurrency (connections)'
 set key outside right top
 set yrange [0:*]
-set title '%s: requests per second (solid: fixed-reply nginx, dashed: sandbox)'
+set title '%s: requests/s (solid: fixed-reply nginx, dashed: sandbox)'
 set ylabel 'requests per second'
 plot %s
 set title 'client CPU per call against the fixed-reply nginx (user + sys)'
