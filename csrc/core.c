@@ -485,12 +485,45 @@ static int read_http_opts(lua_State *L, kf_http_opts *o) {
   return 0;
 }
 
+/* This Lua state's share (see http.h), made on first use and kept in the registry: one per state,
+ * so each of nginx's VMs (a worker's, each thread-pool VM) has its own, and no C global holds one. */
+#define SHARE_KEY "kaifang.core.share"
+typedef struct {
+  kf_share *s;
+} share_ud;
+
+static int share_gc(lua_State *L) {
+  share_ud *u = lua_touserdata(L, 1);
+  kf_share_release(u->s); /* the sessions and batches still open hold their own references */
+  u->s = NULL;
+  return 0;
+}
+
+static kf_share *share_of(lua_State *L) {
+  share_ud *u;
+  lua_getfield(L, LUA_REGISTRYINDEX, SHARE_KEY);
+  u = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (u && u->s) return u->s;
+  u = kf_newuserdata(L, sizeof *u);
+  u->s = NULL;
+  lua_newtable(L);
+  lua_pushcfunction(L, share_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  u->s = kf_share_new();
+  if (u->s == NULL) luaL_error(L, "kaifang.http: cannot make a curl share");
+  lua_setfield(L, LUA_REGISTRYINDEX, SHARE_KEY);
+  return u->s;
+}
+
 /* core.http{ ...options } -> session */
 static int l_http(lua_State *L) {
   kf_http_opts o;
   kf_http *h;
   char err[128];
   read_http_opts(L, &o);
+  o.share = share_of(L);
   h = kf_newuserdata(L, sizeof *h);
   memset(h, 0, sizeof *h);
   luaL_getmetatable(L, HTTP_MT);
@@ -690,6 +723,7 @@ static int l_multi(lua_State *L) {
   char err[128];
   int n, i;
   read_http_opts(L, &o);
+  o.share = share_of(L);
   lua_getfield(L, 1, "concurrency");
   n = (int)luaL_optinteger(L, -1, 32);
   lua_pop(L, 1);
