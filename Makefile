@@ -164,6 +164,7 @@ bench: deps
 	$(LUA) bench/batch.lua
 	$(LUA) bench/memory.lua
 	$(LUA) bench/journal.lua
+	$(LUA) bench/tls.lua
 
 # also what `luarocks make` leaves in the checkout
 clean:

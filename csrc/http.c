@@ -63,6 +63,11 @@ void kf_share_release(kf_share *s) {
 
 /* ---- one transfer -------------------------------------------------------------------------- */
 
+/* Idle connections the shared pool keeps when a session's call returns one (libcurl's default, 5,
+ * would close a batch's kept-alive connections one call at a time); a batch keeps its own slots'
+ * worth on top. */
+#define POOL_IDLE 32L
+
 static int buf_append(kf_buf *b, const char *data, size_t len, size_t limit) {
   if (b->len + len > limit) return -1;
   if (b->len + len + 1 > b->cap) {
@@ -181,6 +186,7 @@ static void setup(kf_http *h) {
 #endif
   curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(e, CURLOPT_MAXCONNECTS, POOL_IDLE);
   curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
   curl_easy_setopt(e, CURLOPT_READDATA, h);
   curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, on_seek);
@@ -320,8 +326,8 @@ int kf_multi_init(kf_multi *m, int slots, const kf_http_opts *o, char *err, size
       return -1;
     }
   }
-  /* keep every connection of the batch alive between transfers */
-  curl_multi_setopt(m->multi, CURLMOPT_MAXCONNECTS, (long)slots);
+  /* keep every connection of the batch alive between transfers, and the shared pool's others */
+  curl_multi_setopt(m->multi, CURLMOPT_MAXCONNECTS, (long)slots + POOL_IDLE);
   curl_multi_setopt(m->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
   return 0;
 }
