@@ -411,6 +411,10 @@ end
 function Sandbox:stop()
   if self.stopped then return end
   self.stopped = true
+  if self._session then -- a new one: at exit, Lua may have collected (closed) this one first
+    self._session:close()
+    self._session = nil
+  end
   local ok, status = pcall(self.request, self, "POST", "/_sandbox/shutdown", "{}", { ["Content-Type"] = "application/json" })
   if not (ok and status == 200) and self.pid then
     os.execute("kill " .. math.floor(self.pid) .. " 2>/dev/null") -- not answering: make sure it ends
