@@ -267,9 +267,11 @@ int kf_http_prepare(kf_http *h, const char *method, const char *url, const char 
 
 /* curl's words ("SSL certificate problem: unable to get local issuer certificate", "SSL: no
  * alternative certificate subject name matches ...") do not say that the check refused it. */
-static void say_verification_failed(char *errbuf) {
+static void say_verification_failed(char *errbuf, CURLcode code) {
   static const char what[] = "TLS certificate verification failed: ";
-  size_t n = strlen(errbuf), w = sizeof what - 1;
+  size_t n, w = sizeof what - 1;
+  if (errbuf[0] == '\0') snprintf(errbuf, CURL_ERROR_SIZE, "%s", curl_easy_strerror(code));
+  n = strlen(errbuf);
   if (n + w >= CURL_ERROR_SIZE) n = CURL_ERROR_SIZE - w - 1;
   memmove(errbuf + w, errbuf, n);
   memcpy(errbuf, what, w);
@@ -289,7 +291,7 @@ void kf_http_finish(kf_http *h, CURLcode code, kf_result *r) {
   curl_easy_getinfo(e, CURLINFO_PRETRANSFER_TIME_T, &pretransfer);
   curl_easy_getinfo(e, CURLINFO_REQUEST_SIZE, &request_size);
   r->connected = pretransfer > 0 || request_size > 0;
-  if (code == CURLE_PEER_FAILED_VERIFICATION) say_verification_failed(h->errbuf);
+  if (code == CURLE_PEER_FAILED_VERIFICATION) say_verification_failed(h->errbuf, code);
   if (code != CURLE_OK) {
     r->message = h->errbuf[0] ? h->errbuf : curl_easy_strerror(code);
     /* once the transfer began, the server may have acted on the request */
