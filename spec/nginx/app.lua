@@ -25,26 +25,40 @@ end
 
 local clients = {}
 
-function M.client(platform, transport)
+-- extra: client options over the defaults here ({ thread_pool =, concurrency =, timeout =, token_key = }).
+function M.client(platform, transport, extra)
   local id = platform .. ":" .. (transport or "")
+  for _, k in ipairs({ "thread_pool", "concurrency", "timeout", "token_key" }) do
+    if extra and extra[k] then id = id .. ":" .. k .. "=" .. extra[k] end
+  end
   local c = clients[id]
   if c then return c end
   local opts = { base_url = env.sandbox, timeout = 5, transport = transport }
   for k, v in pairs(env.credentials[platform] or {}) do opts[k] = v end
-  if platform == "zafu" then
-    opts.token_store = kaifang.store.ngx_shared("kaifang")
-    opts.sleep = require("kaifang.transport").sleep
-  end
-  c = kaifang[platform].new(opts)
+  for k, v in pairs(extra or {}) do opts[k] = v end
+  c = kaifang[platform].new(opts) -- ZAFU: the default token store, which inside nginx is the shared dict
   clients[id] = c
   return c
 end
 
 function M.init()
   kngx.init() -- kaifang loaded once in the master (the workers inherit it), its paths held open
+  if env.zafu_in_init then kaifang.zafu.new(env.credentials.zafu) end -- what a misconfiguration refuses at start
 end
 
 function M.init_worker()
+  if env.check then
+    -- check's options as the spec gives them; "clients" names platforms, made here with their transport
+    local o = {}
+    for k, v in pairs(env.check) do o[k] = v end
+    if o.clients then
+      local list = {}
+      for i, spec in ipairs(o.clients) do list[i] = M.client(spec[1], spec[2]) end
+      o.clients = list
+    end
+    local ok, problems = kngx.check(o)
+    ngx.shared.spec:set("check:" .. ngx.worker.pid(), cjson.encode({ ok = ok, problems = problems or {} }))
+  end
   if env.zafu_at_start then
     -- every worker needs the ZAFU token at once, as after a restart: one fetch must serve them all
     ngx.timer.at(0, function()
@@ -79,29 +93,73 @@ function M.call()
   return reply(200, out)
 end
 
--- GET /hold?n=20: n Lingdian calls at once from light threads of this one request.
-function M.hold()
-  local n = tonumber(ngx.var.arg_n) or 20
-  local ld = M.client("lingdian")
+-- n calls of platform at once from light threads -> { n, ok, calls = { { ok, err, elapsed } }, elapsed,
+-- pid, fetched (ZAFU: tokens this client fetched) }; extra as for M.client; timeouts: the per-call
+-- timeout option of each call (a list; nil for the client's).
+local BURST = { lingdian = { "get_user_tel_by_code", { user_code = "U2TD844B2" } }, zafu = { "menu_list", {} } }
+
+local function burst(platform, n, extra, timeouts)
+  local c = M.client(platform, nil, extra)
+  local method, args = BURST[platform][1], BURST[platform][2]
   ngx.update_time()
   local started = ngx.now()
   local threads = {}
   for i = 1, n do
     threads[i] = ngx.thread.spawn(function()
-      local res, err = ld:get_user_tel_by_code{ user_code = "U2TD844B2" }
-      local tel = res and res.data
+      local t = timeouts and timeouts[i]
+      local res, err = c[method](c, args, t and { timeout = t } or nil)
       ngx.update_time()
-      return tel, err and tostring(err), ngx.now() - started
+      return res ~= nil, err and plain(err), ngx.now() - started
     end)
   end
-  local ok_count, errs, times = 0, {}, {}
+  local out = { n = n, ok = 0, calls = {}, pid = ngx.worker.pid() }
   for i = 1, n do
-    local _, tel, err, t = ngx.thread.wait(threads[i])
-    if tel == "13311112222" then ok_count = ok_count + 1 else errs[#errs + 1] = tostring(err) end
-    times[i] = t
+    local alive, ok, err, t = ngx.thread.wait(threads[i])
+    out.calls[i] = alive and { ok = ok, err = err, elapsed = t } or { ok = false, err = { raised = tostring(ok) } }
+    if alive and ok then out.ok = out.ok + 1 end
   end
   ngx.update_time()
-  return reply(200, { n = n, ok = ok_count, errors = errs, times = times, elapsed = ngx.now() - started, pid = ngx.worker.pid() })
+  out.elapsed, out.fetched = ngx.now() - started, c.stats and c.stats.fetched
+  return out
+end
+
+-- GET /hold?n=20: n Lingdian calls at once from light threads of this one request.
+function M.hold()
+  return reply(200, burst("lingdian", tonumber(ngx.var.arg_n) or 20))
+end
+
+-- GET /burst?platform=zafu&n=8[&pool=&concurrency=&timeout=&token_key=][&timeouts=2,2,1]: as /hold,
+-- for a client made with those options (timeouts: each call's own). With &bg=KEY it runs in an ngx.timer instead and this answers at once; GET
+-- /burst/result?key=KEY has its outcome once it is done (404 before).
+function M.burst()
+  local a = ngx.req.get_uri_args()
+  local platform, n = a.platform or "lingdian", tonumber(a.n) or 8
+  local extra = { thread_pool = a.pool, concurrency = tonumber(a.concurrency), timeout = tonumber(a.timeout), token_key = a.token_key }
+  local timeouts = {}
+  for t in (a.timeouts or ""):gmatch("[^,]+") do timeouts[#timeouts + 1] = tonumber(t) end
+  if not a.bg then return reply(200, burst(platform, n, extra, timeouts)) end
+  local ok, err = ngx.timer.at(0, function()
+    ngx.shared.spec:set("burst:" .. a.bg, cjson.encode(burst(platform, n, extra, timeouts)))
+  end)
+  return reply(ok and 200 or 500, { started = ok and true or false, err = err })
+end
+
+-- GET /abandon?n=2[&concurrency=&timeout=]: n Lingdian calls started in light threads, and the
+-- request ended at once (ngx.exit), which leaves them in flight and their slots never given back.
+function M.abandon()
+  local a = ngx.req.get_uri_args()
+  local c = M.client("lingdian", nil, { concurrency = tonumber(a.concurrency), timeout = tonumber(a.timeout) })
+  for _ = 1, tonumber(a.n) or 2 do
+    ngx.thread.spawn(function() return c:get_user_tel_by_code{ user_code = "U2TD844B2" } end)
+  end
+  ngx.say("abandoned")
+  return ngx.exit(ngx.HTTP_OK)
+end
+
+function M.burst_result()
+  local v = ngx.shared.spec:get("burst:" .. tostring(ngx.var.arg_key))
+  if not v then return reply(404, { done = false }) end
+  return reply(200, cjson.decode(v))
 end
 
 -- GET /threadstats?n=8: what the thread VMs report, n times in a row.
@@ -157,8 +215,9 @@ function M.zafu_report()
 end
 
 function M.zafu_call()
-  local res, err = M.client("zafu"):menu_list()
-  return reply(200, { pid = ngx.worker.pid(), ok = res ~= nil, err = err and plain(err) })
+  local z = M.client("zafu")
+  local res, err = z:menu_list()
+  return reply(200, { pid = ngx.worker.pid(), ok = res ~= nil, err = err and plain(err), store = tostring(z.token_store) })
 end
 
 ---------------------------------------------------------------------------- the shared-dict store
@@ -202,6 +261,79 @@ function M.take()
   return reply(200, { waits = waits, refused = refused == nil, over = over })
 end
 
+-- GET /zafu/new: whether a ZAFU client with the default store can be made here, and why not.
+function M.zafu_new()
+  local ok, z = pcall(kaifang.zafu.new, env.credentials.zafu)
+  return reply(200, { ok = ok, store = ok and tostring(z.token_store) or nil, message = not ok and tostring(z) or nil })
+end
+
+-- GET /mutex: the shared store's mutex, taken here, then released by a token that does not hold it.
+function M.mutex()
+  local st = kaifang.store.ngx_shared("kaifang")
+  local key = "spec:mutex:" .. ngx.worker.pid() .. ":" .. math.random(1e9)
+  local token = st:mutex(key)
+  local r = { took = token ~= nil, ttl = ngx.shared.kaifang:ttl("\1mu:" .. key) }
+  r.release_other = st:release(key, "0123456789abcdef")
+  r.still_held = ngx.shared.kaifang:get("\1mu:" .. key) == token
+  r.release_holder = st:release(key, token)
+  r.free = ngx.shared.kaifang:get("\1mu:" .. key) == nil
+  return reply(200, r)
+end
+
+-- GET /busy: one Dakashi callback whose handler runs 1.5 s, with a busy mark of 0.5 s renewed every
+-- 0.2 s; the same callback again at 1 s (still being handled), and after the first is done.
+function M.busy()
+  kngx.BUSY_TTL, kngx.BUSY_RENEW = 0.5, 0.2
+  local opts = { allow = "any", seen = kngx.seen_on(ngx.shared.kaifang_callbacks, "kaifang_callbacks"), log = function() end }
+  local body = '{"action_type":2,"serial_no":"busy-' .. ngx.now() .. '-' .. math.random(1e9) .. '","status":"on"}'
+  local calls = 0
+  local function deliver(work)
+    local req = { method = "POST", headers = {}, query = "", remote_addr = "198.51.100.7", path = "/cb/busy", body = body }
+    local res = kngx.process("dakashi_callback", nil, req, function() calls = calls + 1 ngx.sleep(work) end, opts)
+    return cjson.decode(res.body).errmsg
+  end
+  local first = ngx.thread.spawn(deliver, 1.5)
+  ngx.sleep(1)
+  local during = deliver(0)
+  local _, first_answer = ngx.thread.wait(first)
+  local after = deliver(0)
+  kngx.BUSY_TTL, kngx.BUSY_RENEW = 30, 10
+  return reply(200, { first = first_answer, during = during, after = after, calls = calls })
+end
+
+-- GET /flood?n=200000: n forged Dakashi callbacks, each body different (so each one is a new mark),
+-- through kaifang.ngx.process as the handler runs them, with the callbacks' dict; the ZAFU token
+-- and a held lock, in the state dict, before and after.
+function M.flood()
+  local n = tonumber(ngx.var.arg_n) or 200000
+  local z = M.client("zafu")
+  local st = z.token_store
+  assert(z:access_token())
+  local token = st:get(z.token_key)
+  local lock = "spec:flood:lock"
+  assert(st:lock(lock, "holder", 600))
+  local counts = { taken = 0, refused = 0, logged_err = 0 }
+  local opts = { allow = "any", seen = kngx.seen_on(ngx.shared.kaifang_callbacks, "kaifang_callbacks"),
+                 log = function(level) if level == "err" then counts.logged_err = counts.logged_err + 1 end end }
+  ngx.update_time()
+  local started = ngx.now()
+  for i = 1, n do
+    local req = { method = "POST", headers = {}, query = "", remote_addr = "198.51.100.7", path = "/cb/dakashi",
+                  body = '{"action_type":2,"serial_no":"' .. i .. '","status":"on"}' }
+    local res = kngx.process("dakashi_callback", nil, req, function() end, opts)
+    if res.body == kaifang.dakashi.callback_reply then counts.taken = counts.taken + 1 else counts.refused = counts.refused + 1 end
+  end
+  ngx.update_time()
+  local res, err = z:menu_list()
+  return reply(200, {
+    n = n, counts = counts, elapsed = ngx.now() - started, store = tostring(st),
+    token_kept = token ~= nil and st:get(z.token_key) == token,
+    lock_held = st:lock(lock, "someone else", 1) == false,
+    unlocked = st:unlock(lock, "holder"),
+    zafu_after = res ~= nil, zafu_err = err and tostring(err),
+  })
+end
+
 ---------------------------------------------------------------------------- callbacks
 
 local function record(kind, event)
@@ -237,11 +369,15 @@ function M.dakashi()
     local ok, err = maybe_fail()
     if not ok then return ok, err end
     record("dakashi", { cb = cb, ctx = ctx })
-  end)
+  end, { allow = "any" })
 end
 
 function M.dakashi_allow()
-  return kngx.dakashi_callback(function(cb) record("dakashi_allow", cb) end, { allow = { "192.0.2.1" } })
+  return kngx.dakashi_callback(function(cb) record("dakashi_allow", cb) end, { allow = { "192.0.2.1", "2001:db8::/32" } })
+end
+
+function M.dakashi_cidr()
+  return kngx.dakashi_callback(function(cb) record("dakashi_cidr", cb) end, { allow = { "192.0.2.0/24", "127.0.0.0/29" } })
 end
 
 function M.lingdian()

@@ -37,13 +37,14 @@ M.yielding_phases = { rewrite = true, server_rewrite = true, access = true, cont
 
 -- Raises a clear error when a blocking call would freeze an nginx worker's event loop: inside
 -- nginx, blocking is fine only while the configuration loads ("init", before any request) and
--- in a worker thread's own VM (which reports "init" too).
-function M.assert_may_block(what, level)
+-- in a worker thread's own VM (which reports "init" too). advice: what to do instead (default:
+-- what a client's transport option should be).
+function M.assert_may_block(what, level, advice)
   local phase = M.phase()
   if phase ~= nil and phase ~= "init" then
-    error(("kaifang: %s would block this nginx worker (phase '%s'); leave the client's "
-      .. "'transport' option unset inside nginx (it then runs in the nginx thread pool), or choose "
-      .. "transport = \"ngx_thread\" or \"resty_http\""):format(what or "a blocking HTTP call", phase), (level or 1) + 1)
+    error(("kaifang: %s would block this nginx worker (phase '%s'); %s"):format(what or "a blocking HTTP call", phase,
+      advice or ("leave the client's 'transport' option unset inside nginx (it then runs in the nginx thread pool), "
+        .. "or choose transport = \"ngx_thread\" or \"resty_http\"")), (level or 1) + 1)
   end
 end
 
@@ -53,6 +54,50 @@ function M.sleep(seconds)
   local phase = M.phase()
   if phase and M.yielding_phases[phase] then return M.ngx().sleep(seconds) end
   return require("kaifang.core").sleep(seconds)
+end
+
+-- One of the slots of key (a platform account) in this nginx worker, limit of them, waiting at most
+-- until deadline (core.monotonic's clock): -> a slot to give back with slot:release(), false when
+-- none came free in time, or nil where no limit applies (outside nginx, or a phase that cannot
+-- wait: the call blocks or raises anyway). Slots are per worker because the thread pool and its
+-- 100 thread VMs are. A holder whose request ended while its call was in flight (ngx.exit with
+-- light threads running, a client abort) never gives its slot back: it is taken back RECLAIM
+-- seconds after the holder's deadline, when its transfer has ended (libcurl's timeout) or, still
+-- queued in the pool, will not be sent.
+local slots = {}
+local RECLAIM = 2
+
+local Slot = {}
+Slot.__index = Slot
+
+function Slot:release()
+  local held = self.pool.held
+  if held[self] then
+    held[self] = nil
+    self.pool.sem:post(1)
+  end
+end
+
+function M.slot(key, limit, deadline)
+  local phase = M.phase()
+  if not (phase and M.yielding_phases[phase]) then return nil end
+  local id = key .. "#" .. limit
+  local pool = slots[id]
+  if not pool then
+    -- lua-resty-core's, which lua-nginx-module requires
+    pool = { sem = assert(require("ngx.semaphore").new(limit)), held = {} }
+    slots[id] = pool
+  end
+  local now = require("kaifang.core").monotonic()
+  if pool.sem:count() <= 0 then
+    for slot, expiry in pairs(pool.held) do
+      if expiry < now then slot:release() end
+    end
+  end
+  if not pool.sem:wait(math.max(0, deadline - now)) then return false end
+  local slot = setmetatable({ pool = pool }, Slot)
+  pool.held[slot] = deadline + RECLAIM
+  return slot
 end
 
 function M.new(name, opts)

@@ -13,7 +13,10 @@
 -- A worker thread runs the call in one of lua-nginx-module's pooled thread VMs; the VM persists
 -- between tasks, so each keeps its core.http sessions (one per set of session options) and its
 -- connections stay alive. Same contract as every transport:
---   request{ method, url, headers, body, timeout } -> { status, headers, body } | nil, err
+--   request{ method, url, headers, body, timeout[, deadline] } -> { status, headers, body } | nil, err
+-- deadline (core.monotonic's clock, one across the process's threads) is checked again when a
+-- thread takes the call off the pool's queue: a call whose deadline has passed is not sent
+-- (kind "timeout", maybe_sent = false), and libcurl gets only the time left.
 local core = require "kaifang.core"
 local errors = require "kaifang.errors"
 local transport = require "kaifang.transport"
@@ -45,6 +48,11 @@ end
 
 function M.perform(key, opts, req)
   stats.requests = stats.requests + 1
+  if req.deadline then
+    local left = req.deadline - core.monotonic()
+    if left < 0.001 then return "late" end -- libcurl takes whole milliseconds, and 0 means no limit
+    req.timeout = left
+  end
   local ok, res, err = pcall(function() return session_for(key, opts):request(req) end)
   if not ok then return "raise", tostring(res) end
   if res then return "ok", res end
@@ -76,9 +84,14 @@ end
 -- Failures of ngx.run_worker_thread that mean "busy", not "misconfigured": nothing was sent.
 local BUSY = { ["no available Lua vm"] = true, ["no memory"] = true, ["ngx_thread_task_post failed"] = true }
 
-local function outcome(tag, value, level)
+-- waited: what a call that came back "late" spent before a thread took it, and where.
+local function outcome(tag, value, level, waited)
   if tag == "ok" then return value end
   if tag == "err" then return nil, errors.new(value) end
+  if tag == "late" then
+    return nil, errors.new{ kind = "timeout", code = "deadline", retryable = true, maybe_sent = false,
+                            message = "its timeout ran out before it was sent" .. (waited or "") }
+  end
   error(value, level + 1)
 end
 
@@ -105,8 +118,12 @@ function Transport:request(req)
     error("kaifang.transport.ngx_thread: this nginx has no ngx.run_worker_thread (it needs a lua-nginx-module "
       .. "that has it, such as Debian bookworm's 0.10.23, and nginx built with threads); use transport = \"resty_http\" instead", 2)
   end
+  local queued = core.monotonic()
   local ok, tag, value = run(self.pool, M.module_name, "perform", self.key, self.session_opts, req)
-  if ok then return outcome(tag, value, 2) end
+  if ok then
+    return outcome(tag, value, 2, tag == "late" and (": waited %.1f s for a thread of pool '%s' (more calls than its "
+      .. "threads; see the clients' 'concurrency')"):format(core.monotonic() - queued, self.pool))
+  end
   local msg = tostring(tag)
   if BUSY[msg] then
     return nil, errors.new{ kind = "transport", message = "nginx thread pool '" .. self.pool .. "': " .. msg,
