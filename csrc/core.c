@@ -125,6 +125,7 @@ static int l_signer(lua_State *L) {
       lua_rawgeti(L, -1, (int)i);
       copy_name(L, -1, s->exclude[i - 1], KF_MAX_NAME, "excluded key");
       s->exclude_len[i - 1] = strlen(s->exclude[i - 1]);
+      if (s->exclude_len[i - 1] < 64) s->exclude_lens |= (uint64_t)1 << s->exclude_len[i - 1];
       lua_pop(L, 1);
     }
     s->nexclude = (int)n;
@@ -136,11 +137,11 @@ static int l_signer(lua_State *L) {
 
 /* The parameters of table t as pairs, sorted into *order, and the bytes their "k=v&" take
  * (encoded: 3 per byte). Kept out: keys the scheme s excludes, and empty values when it drops
- * them (s may be NULL). *pairs and *order start as the caller's arrays of MAX_STACK_PAIRS; past
+ * them (s may be NULL). *pairs and *order start as the caller's arrays of cap and 2 * cap; past
  * that they are userdata that the GC owns (left on the stack), so an error cannot leak them. */
 static size_t collect_pairs(lua_State *L, int t, const kf_scheme *s, const char *prefix, const char *name, int encoded,
-                            kf_pair **pairs, kf_pair ***order, size_t *bytes) {
-  size_t n = 0, cap = MAX_STACK_PAIRS;
+                            kf_pair **pairs, kf_pair ***order, size_t cap, size_t *bytes) {
+  size_t n = 0, room = cap;
   lua_pushnil(L);
   while (lua_next(L, t)) {
     kf_pair *p;
@@ -169,7 +170,7 @@ static size_t collect_pairs(lua_State *L, int t, const kf_scheme *s, const char 
     }
     lua_pop(L, 1);
   }
-  if (n > MAX_STACK_PAIRS) {
+  if (n > room) {
     luaL_checkstack(L, 2, "too many parameters");
     *order = kf_newuserdata(L, 2 * n * sizeof **order);
   }
@@ -191,7 +192,13 @@ static int l_signer_sign(lua_State *L) {
   secret = luaL_checklstring(L, 3, &slen);
   lua_settop(L, 3);
   total = s->hmac ? 0 : s->joiner_len + slen;
-  n = collect_pairs(L, 2, s, "kaifang.", s->name, 0, &pairs, &order, &total);
+  if (s->scratch_cap > MAX_STACK_PAIRS) {
+    pairs = s->scratch;
+    order = (kf_pair **)(s->scratch + s->scratch_cap);
+  }
+  n = collect_pairs(L, 2, s, "kaifang.", s->name, 0, &pairs, &order,
+                    s->scratch_cap > MAX_STACK_PAIRS ? s->scratch_cap : MAX_STACK_PAIRS, &total);
+  if (n > s->scratch_cap && n > MAX_STACK_PAIRS) kf_scheme_reserve(s, n); /* for the next call */
   if (total > sizeof stack_sts) sts = kf_newuserdata(L, total);
   for (i = 0; i < n; i++) {
     const kf_pair *p = order[i];
@@ -398,7 +405,7 @@ static int l_form_encode(lua_State *L) {
   char stack_out[MAX_STACK_STS], *out = stack_out;
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
-  n = collect_pairs(L, 1, NULL, "kaifang.core.", "form_encode", 1, &pairs, &order, &total);
+  n = collect_pairs(L, 1, NULL, "kaifang.core.", "form_encode", 1, &pairs, &order, MAX_STACK_PAIRS, &total);
   if (total > sizeof stack_out) out = kf_newuserdata(L, total);
   for (i = 0; i < n; i++) {
     const kf_pair *p = order[i];

@@ -32,12 +32,29 @@ void kf_scheme_free(kf_scheme *s) {
 #if OPENSSL_VERSION_NUMBER >= 0x30000000L
   if (s->md) EVP_MD_free(s->md);
 #endif
+  free(s->scratch);
   s->ctx = NULL;
   s->md = NULL;
+  s->scratch = NULL;
+  s->scratch_cap = 0;
+}
+
+/* Larger requests than this allocate per call (as garbage) rather than keep their room for good. */
+#define KF_MAX_SCRATCH 1024
+
+void kf_scheme_reserve(kf_scheme *s, size_t n) {
+  kf_pair *p;
+  if (n <= s->scratch_cap || n > KF_MAX_SCRATCH) return;
+  p = malloc(n * (sizeof *p + 2 * sizeof(kf_pair *)));
+  if (p == NULL) return;
+  free(s->scratch);
+  s->scratch = p;
+  s->scratch_cap = n;
 }
 
 int kf_scheme_excludes(const kf_scheme *s, const char *key, size_t klen) {
   int i;
+  if (klen >= 64 || !(s->exclude_lens >> klen & 1)) return 0;
   for (i = 0; i < s->nexclude; i++)
     if (s->exclude_len[i] == klen && s->exclude[i][0] == key[0] && memcmp(s->exclude[i], key, klen) == 0) return 1;
   return 0;
@@ -75,12 +92,13 @@ size_t kf_format_float(double v, char *out) {
   return (size_t)snprintf(out, 40, "%.14g", v);
 }
 
-/* Most keys differ in their first 8 bytes: one integer comparison then decides. */
-static int pair_cmp(const kf_pair *x, const kf_pair *y) {
+/* Most keys differ in their first 16 bytes: one or two integer comparisons then decide. */
+static inline int pair_cmp(const kf_pair *x, const kf_pair *y) {
   size_t n, i;
   if (x->head != y->head) return x->head < y->head ? -1 : 1;
+  if (x->head2 != y->head2) return x->head2 < y->head2 ? -1 : 1;
   n = x->klen < y->klen ? x->klen : y->klen;
-  for (i = 8; i < n; i++) /* the rest of a key is short: a loop costs less than memcmp's call */
+  for (i = 16; i < n; i++) /* the rest of a key is short: a loop costs less than memcmp's call */
     if (x->key[i] != y->key[i]) return (unsigned char)x->key[i] < (unsigned char)y->key[i] ? -1 : 1;
   return x->klen < y->klen ? -1 : x->klen > y->klen;
 }
@@ -110,16 +128,21 @@ static void merge_sort(kf_pair **a, kf_pair **tmp, size_t n) {
   while (i < mid) a[k++] = tmp[i++];
 }
 
+/* Bytes 0..7 of key as a big-endian integer, zero-padded on the right. */
+static inline uint64_t key_head(const char *key, size_t klen) {
+  uint64_t h = 0;
+  size_t j, m = klen < 8 ? klen : 8;
+  for (j = 0; j < m; j++) h = h << 8 | (unsigned char)key[j];
+  return m == 0 ? 0 : h << (8 * (8 - m)); /* m >= 1: the shift is at most 56 */
+}
+
 /* Pointers, not the pairs (each carries its number buffer), are moved. */
 void kf_sort_pairs(kf_pair *pairs, size_t n, kf_pair **order, kf_pair **tmp) {
-  size_t i, j;
+  size_t i;
   for (i = 0; i < n; i++) {
     kf_pair *p = &pairs[i];
-    uint64_t h = 0;
-    size_t m = p->klen < 8 ? p->klen : 8;
-    for (j = 0; j < m; j++) h = h << 8 | (unsigned char)p->key[j];
-    h <<= 8 * (8 - m) - (m == 0); /* zero-padded on the right (a shift by 64 would be undefined) */
-    p->head = h;
+    p->head = key_head(p->key, p->klen);
+    p->head2 = p->klen > 8 ? key_head(p->key + 8, p->klen - 8) : 0;
     order[i] = p;
   }
   merge_sort(order, tmp, n);

@@ -17,6 +17,7 @@ typedef struct kf_pair {
   const char *key;
   size_t klen;
   uint64_t head;   /* the key's first 8 bytes, big-endian (kf_sort_pairs sets it) */
+  uint64_t head2;  /* its bytes 8 to 15: keys such as field_001..field_128 share the first 8 */
   const char *val; /* NULL: the value is in num, which moves with the pair when sorted */
   size_t vlen;
   char num[40];    /* a number value formatted as the platform writes it */
@@ -28,6 +29,7 @@ typedef struct kf_scheme {
   char name[KF_MAX_NAME];             /* for error messages: "lingdian" */
   char exclude[KF_MAX_EXCLUDE][KF_MAX_NAME];
   size_t exclude_len[KF_MAX_EXCLUDE]; /* set with each name: no strlen per parameter */
+  uint64_t exclude_lens;              /* bit n set: some excluded name has length n (< 64) */
   int nexclude;
   int drop_empty;
   int hmac;                           /* the secret is the HMAC key instead of a suffix */
@@ -37,11 +39,15 @@ typedef struct kf_scheme {
   size_t joiner_len;
   EVP_MD *md;                         /* fetched once: per-call lookups cost more than MD5 itself */
   EVP_MD_CTX *ctx;
+  kf_pair *scratch;                   /* room for scratch_cap pairs, then 2 * scratch_cap pointers: */
+  size_t scratch_cap;                 /* kept between calls, so that a large sign allocates nothing */
 } kf_scheme;
 
 /* Returns 0, or -1 with err set (unknown digest, out of memory). */
 int kf_scheme_init(kf_scheme *s, const char *digest, char *err);
 void kf_scheme_free(kf_scheme *s);
+/* Grows s->scratch to at least n pairs (up to a bound); quietly keeps the old one on failure. */
+void kf_scheme_reserve(kf_scheme *s, size_t n);
 int kf_scheme_excludes(const kf_scheme *s, const char *key, size_t klen);
 
 /* Formats a number as the platforms write it: integral values without a decimal point. */

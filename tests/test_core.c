@@ -51,6 +51,7 @@ static void test_scheme(void) {
         "lingdian B vector");
   strcpy(s.exclude[0], "sign");
   s.exclude_len[0] = 4;
+  s.exclude_lens = 1u << 4;
   s.nexclude = 1;
   CHECK(kf_scheme_excludes(&s, "sign", 4) && !kf_scheme_excludes(&s, "sig", 3) && !kf_scheme_excludes(&s, "signs", 5),
         "excluded keys match whole names only");
