@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <openssl/evp.h>
 
@@ -48,7 +49,15 @@ int kf_scheme_init(kf_scheme *s, const char *digest, char *err);
 void kf_scheme_free(kf_scheme *s);
 /* Grows s->scratch to at least n pairs (up to a bound); quietly keeps the old one on failure. */
 void kf_scheme_reserve(kf_scheme *s, size_t n);
-int kf_scheme_excludes(const kf_scheme *s, const char *key, size_t klen);
+
+/* Inline: it runs once per parameter, and most keys are ruled out by their length alone. */
+static inline int kf_scheme_excludes(const kf_scheme *s, const char *key, size_t klen) {
+  int i;
+  if (klen >= 64 || !(s->exclude_lens >> klen & 1)) return 0;
+  for (i = 0; i < s->nexclude; i++)
+    if (s->exclude_len[i] == klen && s->exclude[i][0] == key[0] && memcmp(s->exclude[i], key, klen) == 0) return 1;
+  return 0;
+}
 
 /* Formats a number as the platforms write it: integral values without a decimal point. */
 size_t kf_format_integer(long long v, char *out);
