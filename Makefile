@@ -158,13 +158,16 @@ demo: deps
 	$(LUA) examples/demo.lua
 
 BENCH_PACKAGES := wrk gnuplot-nox lua-luaossl lua-socket
-BENCH_TOOLS    := build/bench/curl_floor build/bench/sign_floor
+BENCH_TOOLS    := build/bench/curl_floor build/bench/sign_floor build/bench/sign_traverse.so
 build/bench/curl_floor: bench/curl_floor.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -std=c99 -D_POSIX_C_SOURCE=200809L $(WARN) -o $@ $< -lcurl
 build/bench/sign_floor: bench/sign_floor.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -std=c99 -D_POSIX_C_SOURCE=200809L $(WARN) -o $@ $< -lcrypto
+build/bench/sign_traverse.so: bench/sign_traverse.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -std=c99 -fPIC $(WARN) $(LUA_CFLAGS) $(LDSHARED) -o $@ $<
 bench-tools: $(BENCH_TOOLS)
 bench: deps
 	@$(MAKE) --no-print-directory deps all bench-tools DEBIAN_PACKAGES="$(BENCH_PACKAGES)"

@@ -5,6 +5,9 @@
 --             (what an integrator would otherwise write)
 --   floor     bench/sign_floor.c: MD5 of the finished string-to-sign, hex, in a C loop with the
 --             digest fetched once (what signing costs with nothing around it)
+--   traverse  bench/sign_traverse.c: only walking the same table through the Lua C API (lua_next,
+--             lua_type, lua_tolstring per parameter), called from Lua as the signer is. Any signer
+--             called from Lua pays it on top of the floor: "floor + traverse" is the second floor.
 -- Counted per CPU second, pinned to one core; each case runs ROUNDS times, interleaved; median
 -- ± spread.
 -- Targets: kaifang within 1.5x of the floor at 8 parameters, within 2x at 128.
@@ -17,6 +20,7 @@ local SECONDS = tonumber(arg and arg[1]) or 0.5
 local ROUNDS = tonumber(os.getenv("ROUNDS")) or 3
 local KEY = "744ed968e7e1a4aebafa6f4888fced68"
 local FLOOR = bench.OUT .. "/sign_floor"
+local traverse = assert(package.loadlib(bench.OUT .. "/sign_traverse.so", "luaopen_sign_traverse"))()
 
 local function params(n)
   local p = {
@@ -73,13 +77,15 @@ for _, n in ipairs({ 8, 128 }) do
       assert(hex == expected, "the C floor must hash the same string: " .. out)
       return { rps = tonumber(r), cpu_us = 0 }
     end },
+    { name = "traverse", run = function() return { rps = rate(traverse, p), cpu_us = 0 } end },
   }
   if has_ossl then
     assert(lua_sign(p, KEY) == expected, "the Lua composition must sign the same")
     table.insert(cases, 2, { name = "lua", run = function() return { rps = rate(lua_sign, p, KEY), cpu_us = 0 } end })
   end
   local r = bench.rounds(cases, ROUNDS)
-  local labels = { kaifang = "kaifang signer", lua = "Lua table.sort/concat + luaossl", floor = "C floor (MD5 of the string)" }
+  local labels = { kaifang = "kaifang signer", lua = "Lua table.sort/concat + luaossl", floor = "C floor (MD5 of the string)",
+    traverse = "Lua C API walk of the table alone" }
   for _, c in ipairs(cases) do
     local x = r[c.name]
     print(("%-10d %-34s %16s %12.3f"):format(n, labels[c.name], bench.fmt(x.rps, x.rps_spread), 1e6 / x.rps))
@@ -87,5 +93,8 @@ for _, n in ipairs({ 8, 128 }) do
   if r.lua then print(("%-10d kaifang / lua: %.2fx faster"):format(n, r.kaifang.rps / r.lua.rps)) end
   print(("%-10d kaifang / floor: %.2fx the floor's time (target <= %s)"):format(n, r.floor.rps / r.kaifang.rps,
     n <= 8 and "1.5x" or "2x"))
+  local second = 1e6 / r.floor.rps + 1e6 / r.traverse.rps
+  print(("%-10d floor + walk: %.3f µs = %.2fx the floor's time; kaifang / (floor + walk): %.2fx"):format(n, second,
+    second * r.floor.rps / 1e6, 1e6 / r.kaifang.rps / second))
 end
 if not has_ossl then print("lua: lua-luaossl not installed (make bench installs it)") end

@@ -60,8 +60,16 @@ static const char *param_value(lua_State *L, int idx, const char *key, const cha
 
 /* ---- signer ---------------------------------------------------------------------------- */
 
+/* The signer's metatable is sign's upvalue: comparing with it costs less than luaL_checkudata's
+ * registry lookup by name, which stays for the error message. */
 static kf_scheme *check_signer(lua_State *L) {
-  kf_scheme *s = luaL_checkudata(L, 1, SIGNER_MT);
+  kf_scheme *s = lua_touserdata(L, 1);
+  int ok = s != NULL && lua_getmetatable(L, 1);
+  if (ok) {
+    ok = lua_rawequal(L, -1, lua_upvalueindex(1));
+    lua_pop(L, 1);
+  }
+  if (!ok) s = luaL_checkudata(L, 1, SIGNER_MT);
   if (s->md == NULL) luaL_error(L, "kaifang.%s: signer is closed", s->name);
   return s;
 }
@@ -942,7 +950,7 @@ fail:
 
 /* ---- module ------------------------------------------------------------------------------ */
 
-static const luaL_Reg signer_methods[] = {{"sign", l_signer_sign}, {NULL, NULL}};
+static const luaL_Reg signer_methods[] = {{NULL, NULL}}; /* sign is set with its upvalue */
 static const luaL_Reg http_methods[] = {{"request", l_http_request}, {"close", l_http_close}, {NULL, NULL}};
 static const luaL_Reg multi_methods[] = {{"submit", l_multi_submit}, {"wait", l_multi_wait},
                                          {"collect", l_multi_collect}, {"counts", l_multi_counts},
@@ -966,8 +974,13 @@ int luaopen_kaifang_core(lua_State *L) {
   if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) return luaL_error(L, "kaifang.core: curl_global_init failed");
   kf_newclass(L, SIGNER_MT, signer_methods, signer_gc);
   luaL_getmetatable(L, SIGNER_MT);
-  lua_pushcfunction(L, l_signer_sign);
-  lua_setfield(L, -2, "__call");
+  lua_getfield(L, -1, "__index");
+  lua_pushvalue(L, -2);
+  lua_pushcclosure(L, l_signer_sign, 1);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -3, "sign");
+  lua_setfield(L, -3, "__call");
+  lua_pop(L, 1);
   lua_pushcfunction(L, signer_close);
   lua_setfield(L, -2, "__close");
   lua_pop(L, 1);
