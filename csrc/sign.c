@@ -58,10 +58,15 @@ size_t kf_format_integer(long long v, char *out) {
   static const char pairs[] = "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
                               "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
                               "8081828384858687888990919293949596979899";
-  unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v, t;
-  size_t len = v < 0, end;
+  static const unsigned long long pow10[20] = {1ULL, 10ULL, 100ULL, 1000ULL, 10000ULL, 100000ULL, 1000000ULL,
+    10000000ULL, 100000000ULL, 1000000000ULL, 10000000000ULL, 100000000000ULL, 1000000000000ULL,
+    10000000000000ULL, 100000000000000ULL, 1000000000000000ULL, 10000000000000000ULL,
+    100000000000000000ULL, 1000000000000000000ULL, 10000000000000000000ULL};
+  unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
+  size_t len = v < 0, end, digits = 1;
   if (v < 0) out[0] = '-';
-  for (t = u, end = len + 1; t >= 10; t /= 10) end++;
+  while (digits < 20 && u >= pow10[digits]) digits++; /* compares, not divisions */
+  end = len + digits;
   out[end] = '\0';
   len = end;
   while (u >= 100) {
