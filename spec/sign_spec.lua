@@ -404,6 +404,22 @@ describe("many parameters (past the signer's 32-pair stack array)", function()
     end)
   end
 
+  it("sorts keys alike in their first 8 or 16 bytes, growing and shrinking between calls", function()
+    for _, n in ipairs({ 40, 20, 150, 40, 150 }) do
+      local p = {}
+      for i = 1, n do
+        p[("field_%03d"):format(i * 7 % 1000)] = "a" .. i
+        p[("a_long_common_prefix_%03d"):format(i * 11 % 1000)] = i
+        p[("a_long_common_prefix_%03d_and_more"):format(i * 13 % 1000)] = "b" .. i
+      end
+      p.field_, p.a_long_common_prefix = "short", "prefix"
+      local want_sign, want_sts = expect_lingdian(p, secret)
+      local s, sts = sign.lingdian(p, secret)
+      assert.are.equal(want_sts, sts)
+      assert.are.equal(want_sign, s)
+    end
+  end)
+
   it("raises cleanly on a bad value found past the 32nd pair, and signs correctly afterwards", function()
     local p = many(100, false)
     p.zzz_bad = { "table" }
