@@ -156,11 +156,12 @@ demo: deps
 
 BENCH_PACKAGES := wrk gnuplot-nox lua-luaossl lua-socket
 bench: deps
-	@$(MAKE) --no-print-directory deps all DEBIAN_PACKAGES="$(BENCH_PACKAGES)"
+	@$(MAKE) --no-print-directory deps all luajit DEBIAN_PACKAGES="$(BENCH_PACKAGES)"
 	$(LUA) bench/sign.lua
 	$(LUA) bench/batch.lua
 	$(LUA) bench/memory.lua
 	$(LUA) bench/journal.lua
+	$(LUA) bench/nginx.lua
 
 # also what `luarocks make` leaves in the checkout
 clean:

@@ -1,0 +1,41 @@
+-- The handlers of bench/nginx/kaifang.conf: one Lingdian call per request to the fixed-reply
+-- upstream (spec_env.upstream, written by bench/nginx.lua), answered with the phone number.
+local kaifang = require "kaifang"
+local env = require "spec_env"
+
+local M = {}
+
+local clients = {}
+
+function M.init()
+  require("kaifang.ngx").init()
+  local function client(transport)
+    return kaifang.lingdian.new{ developer_code = "U2QHNB2w=", developer_key = "744ed968e7e1a4aebafa6f4888fced68",
+                                 base_url = env.upstream, transport = transport }
+  end
+  clients.thread = client(nil) -- the default inside nginx: kaifang.transport.ngx_thread
+  if require("kaifang.transport.resty_http").available() then clients.resty_http = client("resty_http") end
+end
+
+local ARGS = { user_code = "U2TD844B2" }
+
+function M.call(name)
+  local c = clients[name]
+  if not c then
+    ngx.status = 501
+    return ngx.say("no client ", name)
+  end
+  local res, err = c:get_user_tel_by_code(ARGS)
+  if not res then
+    ngx.status = 502
+    return ngx.say(tostring(err))
+  end
+  ngx.say(res.data)
+end
+
+function M.has_resty()
+  local ok, why = require("kaifang.transport.resty_http").available()
+  ngx.say(ok and "yes" or why)
+end
+
+return M
