@@ -2,6 +2,8 @@
 -- Lingdian call per request to a fixed-reply upstream (a second nginx), through
 --   thread      kaifang.transport.ngx_thread (the default inside nginx: libcurl in the thread pool)
 --   resty_http  kaifang.transport.resty_http (lua-resty-http over cosockets), when installed
+--   cosocket    for scale: one signed request made at start, sent by hand over ngx.socket.tcp
+--               (no kaifang per call): what an event-loop transport such as resty_http cannot beat
 --   proxy_pass  nginx's own proxy to the same upstream: the baseline, no Lua at all
 -- wrk drives each location; its script counts replies that are not 200 with the phone number.
 -- Rounds are interleaved (every case once per round) and each figure is the median of the
@@ -41,7 +43,7 @@ os.execute("mkdir -p " .. OUT)
 -- CPUs: the worker gets the last one to itself, wrk and the upstream the rest (on one CPU, all share it).
 local ncpu = tonumber((sh("nproc"))) or 1
 local WORKER_CPU = tostring(ncpu - 1)
-local OTHER_CPUS = ncpu > 1 and ("0-" .. (ncpu - 2)) or "0"
+local OTHER_CPUS = ncpu > 2 and ("0-" .. (ncpu - 2)) or "0"
 
 local upstream = harness.start{ conf = "bench/nginx/upstream.conf" }
 local ok, nginx = pcall(harness.start, { conf = "bench/nginx/kaifang.conf", env = { upstream = upstream.url },
@@ -113,6 +115,7 @@ end
 local cases = {
   { name = "kaifang, thread pool (ngx_thread)", path = "/thread" },
   { name = "kaifang, resty_http", path = "/resty" },
+  { name = "cosocket floor (no kaifang)", path = "/cosocket" },
   { name = "nginx proxy_pass (baseline)", path = "/proxy" },
 }
 local _, has = nginx:get("/has_resty")
