@@ -7,7 +7,8 @@
 --   proxy_pass  nginx's own proxy to the same upstream: the baseline, no Lua at all
 -- wrk drives each location; its script counts replies that are not 200 with the phone number.
 -- Rounds are interleaved (every case once per round) and each figure is the median of the
--- rounds, with the lowest and highest beside it. The nginx worker (all its threads, the pool's
+-- rounds, with the lowest and highest beside it; "in pool" is the part of the worker's CPU
+-- time spent in its thread pool's threads. The nginx worker (all its threads, the pool's
 -- too) is pinned to the last CPU, the upstream and wrk share the others.
 -- Run: make bench (or lua5.4 bench/nginx.lua [seconds per run] [rounds] [connections])
 -- PERF=1 (or PERF='<perf record options>') also records a profile of the worker during one more thread-pool run (build/bench/perf.data).
@@ -61,16 +62,19 @@ local worker = assert(nginx:workers()[1], "nginx has no worker")
 sh(("taskset -a -p -c %s %d"):format(WORKER_CPU, worker))
 for _, pid in ipairs(upstream:workers()) do sh(("taskset -a -p -c %s %d"):format(OTHER_CPUS, pid)) end
 
--- utime + stime of every thread of the worker, in seconds
+-- utime + stime in seconds: of every thread of the worker, and of its main thread (the event loop)
 local TICK = tonumber((sh("getconf CLK_TCK"))) or 100
-local function cpu_seconds(pid)
-  local f = assert(io.open("/proc/" .. pid .. "/stat"))
+local function cpu_seconds(path)
+  local f = assert(io.open(path))
   local stat = f:read("a")
   f:close()
   local fields = {}
   for x in stat:match("^%d+ %b() (.*)"):gmatch("%S+") do fields[#fields + 1] = x end
   -- after "pid (comm)": state is field 3, utime 14, stime 15 (proc(5))
   return (tonumber(fields[12]) + tonumber(fields[13])) / TICK
+end
+local function worker_cpu()
+  return cpu_seconds("/proc/" .. worker .. "/stat"), cpu_seconds(("/proc/%d/task/%d/stat"):format(worker, worker))
 end
 
 local script = OUT .. "/nginx_check.lua"
@@ -92,9 +96,9 @@ end
 f:close()
 
 local function wrk(path, seconds)
-  local before = cpu_seconds(worker)
+  local all0, main0 = worker_cpu()
   local out = sh(("taskset -c %s wrk -t 1 -c %d -d %ds -s %s %s%s"):format(OTHER_CPUS, CONNS, seconds, script, nginx.url, path))
-  local cpu = cpu_seconds(worker) - before
+  local all1, main1 = worker_cpu()
   local n = tonumber(out:match("(%d+) requests in"))
   local rps = tonumber(out:match("Requests/sec:%s*([%d%.]+)"))
   local bad = tonumber(out:match("bad replies: (%d+)"))
@@ -109,7 +113,7 @@ local function wrk(path, seconds)
     error(("wrk %s: %d of %d replies wrong (%s); one reply now: %s"):format(path, bad, n, socket_errors or "no socket errors",
       tostring(body)), 0)
   end
-  return { rps = rps, us = cpu / n * 1e6 }
+  return { rps = rps, us = (all1 - all0) / n * 1e6, pool_us = math.max(0, all1 - all0 - (main1 - main0)) / n * 1e6 }
 end
 
 local cases = {
@@ -159,13 +163,14 @@ print(("one Lingdian call per request to a fixed-reply nginx, wrk -c %d, %d s a 
   :format(CONNS, SECONDS, ROUNDS))
 print(("nginx: 1 worker, thread_pool threads=32, worker pinned to CPU %s; upstream and wrk on CPU %s")
   :format(WORKER_CPU, OTHER_CPUS))
-print(("%-36s %22s %24s"):format("", "requests/s", "worker CPU us/request"))
+print(("%-34s %21s %26s %9s"):format("", "requests/s", "worker CPU us/request", "in pool"))
 local base = cases[#cases]
 local base_us = median(base.runs, "us")
 for _, c in ipairs(cases) do
   local rps, rlo, rhi = median(c.runs, "rps")
   local us, ulo, uhi = median(c.runs, "us")
-  print(("%-36s %7.0f [%5.0f-%5.0f] %6.1f [%5.1f-%5.1f] %4.1fx"):format(c.name, rps, rlo, rhi, us, ulo, uhi, us / base_us))
+  print(("%-34s %7.0f [%5.0f-%5.0f] %6.1f [%5.1f-%5.1f] %4.1fx %9.1f"):format(c.name, rps, rlo, rhi, us, ulo, uhi,
+    us / base_us, (median(c.runs, "pool_us"))))
 end
 if skipped then print(skipped) end
 if perf_note then print(perf_note) end
