@@ -84,8 +84,9 @@ describe("kaifang.batch", function()
       require("cjson").encode(injected)))
   end)
 
+  -- every fault but "never", which spends the call's whole deadline (see the next spec)
   it("retries reads through every fault until they succeed", function()
-    faults{ http_5xx = 0.05, reset_before = 0.05, reset_after = 0.05, too_frequent = 0.05, never = 0.01, seed = 3 }
+    faults{ http_5xx = 0.05, reset_before = 0.05, reset_after = 0.05, too_frequent = 0.05, seed = 3 }
     local n, got = 0, 0
     local summary = kaifang.batch(function()
       n = n + 1
@@ -96,6 +97,38 @@ describe("kaifang.batch", function()
     assert.are.equal(500, summary.ok)
     assert.are.equal(500, got)
     assert.is_true(summary.retries > 0)
+  end)
+
+  it("gives a call one deadline: a read that timed out is not tried again past it", function()
+    faults{ never = 1 }
+    local errs = {}
+    local summary = kaifang.batch({ { ld, "get_user_tel_by_code", { user_code = "U2TD844B2" } },
+                                    { ld, "get_user_tel_by_code", { user_code = "U2TD844B2" }, { timeout = 0.3 } } },
+      { max_attempts = 4, backoff_base = 0.01, on_result = function(i, _, err) errs[i] = err end })
+    assert.are.equal(2, summary.maybe_sent) -- timed out once sent, as a read may be
+    assert.are.equal(0, summary.retries)
+    for i = 1, 2 do
+      assert.are.equal("timeout", errs[i].kind)
+      assert.are.equal(28, errs[i].code) -- libcurl's: the transfer itself ran out of time
+    end
+    assert.is_true(summary.elapsed >= 0.95 and summary.elapsed < 2, summary.elapsed) -- 1 s, not 4 attempts of 1 s
+  end)
+
+  it("counts a call's wait for its client's shared rate against its deadline", function()
+    local slow = kaifang.lingdian.new{ developer_code = CODE, developer_key = KEY, base_url = sb.url, rate = 5 }
+    local calls, errs = {}, {}
+    for i = 1, 4 do calls[i] = { slow, "get_user_tel_by_code", { user_code = "U2TD844B2" }, { timeout = 0.3 } } end
+    -- 4 calls taken up at once at 5/s: the 3rd and 4th turns are 0.4 s away, past their 0.3 s
+    local summary = kaifang.batch(calls, { concurrency = 4, on_result = function(i, _, err) errs[i] = err end })
+    slow:close()
+    assert.are.equal(2, summary.ok)
+    assert.are.equal(2, summary.failed)
+    for i = 3, 4 do
+      assert.are.equal("timeout", errs[i].kind)
+      assert.are.equal("rate_limit", errs[i].code)
+      assert.is_false(errs[i].maybe_sent)
+      assert.matches("past its timeout %(0%.%d s left of 0%.3 s%)", errs[i].message)
+    end
   end)
 
   it("never repeats an action that timed out after it was sent, and says so", function()
@@ -112,10 +145,11 @@ describe("kaifang.batch", function()
     assert.are.equal(5, #sb:records("lingdian", "messages")) -- they did arrive
   end)
 
-  it("an idempotent = true override lets a timed-out action be repeated", function()
-    faults{ never = 1 }
-    local calls = { { ld, "send_wechat_message", { tel = TELS[1], content = "idem", link = LINK }, { idempotent = true } } }
-    local summary = kaifang.batch(calls, { max_attempts = 2, backoff_base = 0.01 })
+  it("an idempotent = true override lets an action that may have been sent be repeated", function()
+    faults{ reset_after = 1 }
+    local calls = { { ld, "send_wechat_message", { tel = TELS[1], content = "idem", link = LINK }, { idempotent = true, timeout = 5 } } }
+    -- a backoff of 1 s at least: a repeat within the same second would be refused as a replay
+    local summary = kaifang.batch(calls, { max_attempts = 2, backoff_base = 2 })
     assert.are.equal(1, summary.retries)
     assert.are.equal(2, #sb:records("lingdian", "messages"))
     assert.are.equal(1, sb:counters().lingdian.duplicates) -- and the sandbox saw it twice

@@ -180,11 +180,66 @@ describe("kaifang.lingdian.new", function()
     assert.matches("connect_timeout", err)
   end)
 
+  it("raises on a concurrency that is not a whole number from 1 to 4096, and defaults it to 16", function()
+    for _, bad in ipairs({ 0, 1.5, 4097, "16", 0 / 0 }) do
+      local err = raises_at_line(function() here(); lingdian.new(with{ concurrency = bad }) end)
+      assert.matches("option 'concurrency' must be a whole number from 1 to 4096", err)
+    end
+    assert.are.equal(16, lingdian.new(with{ transport = recorder() }).concurrency)
+    assert.are.equal(4, lingdian.new(with{ transport = recorder(), concurrency = 4 }).concurrency)
+  end)
+
   it("raises on options that are not a table, a bad clock or a bad transport", function()
     raises_at_line(function() here(); lingdian.new("U2QHNB2w=") end)
     local err = raises_at_line(function() here(); lingdian.new(with{ clock = 5 }) end)
     assert.matches("clock", err)
     err = raises_at_line(function() here(); lingdian.new(with{ transport = {} }) end)
     assert.matches("transport", err)
+  end)
+end)
+
+describe("one deadline per call", function()
+  local core = require "kaifang.core"
+
+  -- A transport that refuses every call at once, as a platform that is down would: retryable.
+  local function refusing()
+    local t = { sent = {} }
+    function t:request(req)
+      self.sent[#self.sent + 1] = { timeout = req.timeout, deadline = req.deadline, at = core.monotonic() }
+      return nil, { kind = "transport", message = "connection refused" }
+    end
+    return t
+  end
+
+  it("spends the client's timeout across every attempt and backoff, and gives each attempt only what is left", function()
+    local t = refusing()
+    local c = lingdian.new{ developer_code = "U2QHNB2w=", developer_key = "744ed968e7e1a4aebafa6f4888fced68",
+                            transport = t, timeout = 0.5, max_attempts = 100 }
+    local t0 = core.monotonic()
+    local res, err = c:get_user_tel_by_code{ user_code = "U2TD844B2" }
+    local spent = core.monotonic() - t0
+    assert.is_nil(res)
+    assert.are.equal("transport", err.kind) -- the last attempt's own failure
+    assert.is_true(#t.sent >= 2 and #t.sent < 100, #t.sent .. " attempts")
+    assert.is_true(spent < 0.6, spent) -- no backoff that would end past the deadline
+    for i, s in ipairs(t.sent) do
+      assert.are.equal(t.sent[1].deadline, s.deadline)
+      assert.is_true(s.timeout <= 0.5 and s.timeout > 0, s.timeout)
+      assert.is_true(math.abs(s.deadline - s.at - s.timeout) < 0.01, i) -- the time left when it went
+      if i > 1 then assert.is_true(s.timeout < t.sent[i - 1].timeout) end
+    end
+  end)
+
+  it("takes a per-call timeout in place of the client's", function()
+    local t = recorder()
+    function t:request(req)
+      self.sent[#self.sent + 1] = req
+      return { status = 200, headers = {}, body = '{"code":100,"message":"ok","data":"13311112222"}' }
+    end
+    local c = new_client(t)
+    assert(c:get_user_tel_by_code({ user_code = "U2TD844B2" }, { timeout = 0.25 }))
+    assert.is_true(t.sent[1].timeout <= 0.25 and t.sent[1].timeout > 0.2, t.sent[1].timeout)
+    assert(c:get_user_tel_by_code{ user_code = "U2TD844B2" })
+    assert.is_true(t.sent[2].timeout > 14 and t.sent[2].timeout <= 15, t.sent[2].timeout)
   end)
 end)

@@ -101,6 +101,7 @@ describe("options are checked", function()
     { "yopoint", "sign_kye", "sign_key" },
     { "dakashi", "client_secert", "client_secret" },
     { "dakashi", "id_feild", "id_field" },
+    { "lingdian", "concurency", "concurrency" },
   }
   for _, t in ipairs(typos) do
     local platform, typo, meant = t[1], t[2], t[3]
@@ -128,6 +129,12 @@ describe("options are checked", function()
     assert.matches("'idempotent' must be a boolean", err)
     err = raises_at_line(function() here(); c:get_user_tel_by_code({ user_code = "U" }, "fast") end)
     assert.matches("must be a table", err)
+    err = raises_at_line(function() here(); c:get_user_tel_by_code({ user_code = "U" }, { timout = 2 }) end)
+    assert.matches("unknown per%-call option 'timout' %(did you mean 'timeout'%?%)", err)
+    for _, bad in ipairs({ 0, -1, 0 / 0, 1e7 }) do
+      err = raises_at_line(function() here(); c:get_user_tel_by_code({ user_code = "U" }, { timeout = bad }) end)
+      assert.matches("per%-call option 'timeout' must be a positive number of seconds", err)
+    end
     c:close()
   end)
 

@@ -82,7 +82,7 @@ describe("a client's rate shared by three processes", function()
     assert.are.equal("timeout", err.kind)
     assert.are.equal("rate_limit", err.code)
     assert.is_false(err.maybe_sent)
-    assert.matches("the shared rate of 5 calls/s would hold this call 0%.%d s, past its timeout of 0%.1 s", tostring(err))
+    assert.matches("the shared rate of 5 calls/s would hold this call 0%.%d s, past its timeout %(0%.1 s left of 0%.1 s%)", tostring(err))
     assert.are.equal(4, #sb:records("lingdian", "messages")) -- the one that gave up was never sent
     assert.has_error(function() client(0, 1) end, "kaifang.lingdian: option 'rate' must be a positive number of calls per second")
   end)

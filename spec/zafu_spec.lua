@@ -629,6 +629,45 @@ describe("kaifang.zafu token handling", function()
     assert.equal("theirs", query_of(t.sent[1].url).access_token)
   end)
 
+  it("waits for another's refresh no longer than the call's timeout, and sends nothing then", function()
+    local shared = store.memory()
+    local t = fake(function() return 200, OK_RESULT end)
+    local z = new({ transport = t, token_store = shared, timeout = 0.2, sleep = core.sleep })
+    assert.is_true(shared:lock(z.token_key .. ":lock", "stuck", 30))
+    local t0 = core.monotonic()
+    local res, err = z:menu_list()
+    local spent = core.monotonic() - t0
+    assert.is_nil(res)
+    assert.equal("timeout", err.kind)
+    assert.equal("deadline", err.code)
+    assert.is_false(err.maybe_sent)
+    assert.is_true(err.retryable)
+    assert.matches("went to waiting for the access token that the holder of the lock in kaifang.store.memory is fetching", err.message, 1, true)
+    assert.is_true(spent >= 0.19 and spent < 1, spent)
+    assert.equal(0, #t.sent)
+  end)
+
+  it("holds the token lock for the time its call has left and a margin, and gives the fetch that deadline", function()
+    local shared, ttls = store.memory(), {}
+    local locking = setmetatable({ lock = function(_, key, owner, ttl)
+      ttls[#ttls + 1] = ttl
+      return shared:lock(key, owner, ttl)
+    end }, { __index = function(_, k) return function(_, ...) return shared[k](shared, ...) end end })
+    local t = fake(function(req, self)
+      if is_token_request(req) then return token_reply(self) end
+      return 200, OK_RESULT
+    end)
+    local z = new({ transport = t, token_store = locking, timeout = 30, sleep = core.sleep })
+    assert(z:menu_list(nil, { timeout = 2 }))
+    assert.equal(1, #ttls)
+    assert.is_true(ttls[1] > 5 and ttls[1] <= 7, ttls[1]) -- 2 s left, and 5 s to spare: not 30 + 5
+    local fetch = t.sent[1]
+    assert.is_true(is_token_request(fetch))
+    assert.is_true(fetch.timeout <= 2, fetch.timeout)
+    assert.is_true(fetch.deadline - core.monotonic() <= 2)
+    assert.equal(fetch.deadline, t.sent[2].deadline) -- the call and its token fetch: one deadline
+  end)
+
   it("gives up waiting after token_wait", function()
     local shared = store.memory()
     local t = fake(function() return 200, OK_RESULT end)

@@ -13,7 +13,9 @@
 --   finish, "now" settles them as they are).
 -- Each call goes out with its own client's transport settings (proxy, TLS checks, CA, timeouts,
 -- user agent); a client whose transport is not libcurl's sends through that transport, one call
--- at a time.
+-- at a time. Each call has one deadline, its client's timeout (or its per-call timeout) from when
+-- the batch takes it up: its waits for the rate limits, its attempts and their backoff spend from
+-- it, and a call whose deadline passes before it is sent fails (kind "timeout", not sent).
 -- Returns { ok = n, failed = n, maybe_sent = n, skipped = n, retries = n, elapsed = seconds }:
 -- every call ends in exactly one of ok, failed and maybe_sent (it may have reached the platform;
 -- reconcile), or, with a journal, skipped: its outcome was recorded before and is reported again.
@@ -66,7 +68,7 @@ local function source(calls)
       return item
     end
     item.ep, item.acts = ep, client.acts(ep, call_opts)
-    item.key = call_opts and call_opts.key
+    item.key, item.timeout = call_opts and call_opts.key, call_opts and call_opts.timeout
     return item
   end
 end
@@ -242,7 +244,7 @@ function M.run(calls, opts)
       item.turn = nil
       return true
     end
-    local wait, err = item.client:reserve_turn()
+    local wait, err = item.client:reserve_turn(math.max(0, item.deadline - now), item.timeout)
     if not wait then
       finish(item, nil, err, true)
       return false
@@ -280,12 +282,18 @@ function M.run(calls, opts)
     local c = item.client
     item.attempt = item.attempt + 1
     -- built just before it is sent: a fresh timestamp, and nothing built ahead of time
-    local ok, req = pcall(c.build_request, c, item.ep, item.args)
+    local ok, req = pcall(c.build_request, c, item.ep, item.args, nil, item.deadline)
     if not ok then
       finish(item, nil, argument_error(c, tostring(req)), true)
       return
     end
-    req.timeout = req.timeout or c.timeout
+    local left = item.deadline - monotonic()
+    if left < 0.001 then -- libcurl takes whole milliseconds, and 0 would mean no limit
+      finish(item, nil, c:late("deadline", ("its timeout ran out before it was sent (%.1f s in the batch)")
+        :format(monotonic() - item.deadline + (item.timeout or c.timeout))), true)
+      return
+    end
+    req.timeout, req.deadline = left, item.deadline
     local hooked = on_request or on_response or c.on_request or c.on_response
     if hooked then
       item.info, item.started = c:request_info(item.ep, req, item.attempt), now
@@ -329,9 +337,10 @@ function M.run(calls, opts)
       if c.on_response then c.on_response(info) end
       item.info = nil
     end
-    if value == nil and extra and extra.retryable and item.attempt < max_attempts then
+    local due = monotonic() + client.backoff(item.attempt, opts.backoff_base, opts.backoff_cap)
+    if value == nil and extra and extra.retryable and item.attempt < max_attempts and due < item.deadline then
       summary.retries = summary.retries + 1
-      item.due = monotonic() + client.backoff(item.attempt, opts.backoff_base, opts.backoff_cap)
+      item.due = due
       heap_push(waiting, item)
       return
     end
@@ -352,6 +361,8 @@ function M.run(calls, opts)
       if item.err then
         finish(item, nil, item.err)
       else
+        -- its deadline runs from here: what it waits for the rate limits and its retries counts
+        item.deadline = item.deadline or now + (item.timeout or item.client.timeout)
         local w = limit:wait(item.client, now)
         if w > 0 then
           -- hold it (a retry goes back to its heap, a new item waits as pending)

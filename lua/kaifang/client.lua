@@ -5,6 +5,8 @@ local core = require "kaifang.core"
 local errors = require "kaifang.errors"
 local sign = require "kaifang.sign"
 
+local transport = require "kaifang.transport"
+
 local monotonic = core.monotonic
 
 local M = {}
@@ -94,9 +96,10 @@ function M.check_args(spec, args)
   end
 end
 
--- Per-call options: { idempotent = true | false, key = "..." }. key names the call in a batch's
--- journal (kaifang.journal); a single call has no use for it. nil, or what is wrong with them.
-local CALL_OPTIONS = { idempotent = "boolean", key = "string" }
+-- Per-call options: { idempotent = true | false, key = "...", timeout = seconds }. key names the
+-- call in a batch's journal (kaifang.journal); a single call has no use for it. timeout replaces
+-- the client's for this call. nil, or what is wrong with them.
+local CALL_OPTIONS = { idempotent = "boolean", key = "string", timeout = "number" }
 
 function M.check_call_opts(call_opts)
   if call_opts == nil then return nil end
@@ -106,6 +109,7 @@ function M.check_call_opts(call_opts)
     if not want then return M.unknown("per-call option", k, CALL_OPTIONS) end
     if type(v) ~= want then return ("per-call option '%s' must be a %s, got %s"):format(k, want, type(v)) end
     if v == "" then return ("per-call option '%s' must not be empty"):format(k) end
+    if k == "timeout" and not M.seconds(v) then return "per-call option 'timeout' must be a positive number of seconds, at most 1e6" end
   end
 end
 
@@ -163,20 +167,27 @@ function M.redact_url(url)
   end))
 end
 
--- Options every client takes: base_url, timeout (15 s), connect_timeout (5 s), ssl_verify (true),
+-- Options every client takes: base_url, timeout (15 s: the whole call, from the moment it is made,
+-- its waits and attempts included), connect_timeout (5 s), ssl_verify (true),
 -- cainfo, capath, proxy, user_agent, max_body, transport (an object with :request, or "curl",
 -- "ngx_thread", "resty_http"; see kaifang.transport), thread_pool (ngx_thread),
 -- keepalive_timeout and keepalive_pool (resty_http), clock (a function returning unix seconds;
 -- for clock skew and tests), max_attempts (1: a retryable failure is returned at once; more:
 -- retried with backoff, only where it cannot duplicate), on_request, on_response, debug,
 -- rate (calls per second for the platform account, shared by everyone using rate_store) and
--- rate_store (a store with take; default: ZAFU's token_store, else one memory store per process).
+-- rate_store (a store with take; default: ZAFU's token_store, else one memory store per process),
+-- concurrency (inside nginx: calls of the account in flight at once per worker, 16).
 M.COMMON_OPTIONS = {
   base_url = true, timeout = true, connect_timeout = true, ssl_verify = true, cainfo = true, capath = true,
   proxy = true, user_agent = true, max_body = true, transport = true, thread_pool = true,
   keepalive_timeout = true, keepalive_pool = true, clock = true, max_attempts = true,
-  on_request = true, on_response = true, debug = true, rate = true, rate_store = true,
+  on_request = true, on_response = true, debug = true, rate = true, rate_store = true, concurrency = true,
 }
+
+-- Inside nginx, each account's calls in flight at once per worker: half of the `threads=32` the
+-- README's thread_pool line gives, so one slow account leaves the pool's other half to the rest,
+-- and six accounts stay under lua-nginx-module's 100 thread VMs.
+M.DEFAULT_CONCURRENCY = 16
 
 -- A number of seconds an option may hold: finite (NaN and infinities fail), above 0 (or 0 when
 -- zero_ok), at most 1e6 (eleven days).
@@ -242,6 +253,10 @@ function M.new(Class, opts, fields)
     fail(platform, "option 'keepalive_pool' must be a positive whole number", 3)
   end
   self.max_attempts = attempts or 1
+  if opts.concurrency ~= nil and not M.whole(opts.concurrency, 1, 4096) then
+    fail(platform, "option 'concurrency' must be a whole number from 1 to 4096", 3)
+  end
+  self.concurrency = opts.concurrency or M.DEFAULT_CONCURRENCY
   for _, name in ipairs({ "on_request", "on_response", "clock" }) do
     if opts[name] ~= nil and type(opts[name]) ~= "function" then fail(platform, "option '" .. name .. "' must be a function", 3) end
   end
@@ -251,8 +266,9 @@ function M.new(Class, opts, fields)
   -- the account (developer_code, client_id, appid) names the client's calls in a journal and its rate
   self.account = self[fields.required[1]]
   M.rate(self, opts, 3)
-  local transport, terr = require("kaifang.transport").select(opts) -- explicit option, else nginx's or libcurl
-  self.transport = transport or fail(platform, terr, 3)
+  self.slot_key = self.rate_key:sub(6) -- "<platform>:<account>@<base_url>": the account's slots in nginx
+  local t, terr = transport.select(opts) -- explicit option, else nginx's or libcurl
+  self.transport = t or fail(platform, terr, 3)
   return self
 end
 
@@ -275,9 +291,9 @@ function M.rate(self, opts, level)
 end
 
 -- Reserves this client's next turn under its shared rate: -> seconds to wait (0 without a rate),
--- or nil, err: a turn further than max_wait (kind "timeout", code "rate_limit"; nothing
--- reserved), or the store's failure.
-function Base:reserve_turn(max_wait)
+-- or nil, err: a turn further than max_wait, the time its call has left of its timeout (kind
+-- "timeout", code "rate_limit"; nothing reserved), or the store's failure.
+function Base:reserve_turn(max_wait, timeout)
   if not self.rate then return 0 end
   if not self.rate_store then
     default_rate_store = default_rate_store or require("kaifang.store").memory()
@@ -288,8 +304,8 @@ function Base:reserve_turn(max_wait)
   if type(over) ~= "number" then return nil, over end
   return nil, self:error{
     kind = "timeout", code = "rate_limit", retryable = true,
-    message = ("the shared rate of %g calls/s would hold this call %.1f s, past its timeout of %g s"):format(
-      self.rate, over, max_wait),
+    message = ("the shared rate of %g calls/s would hold this call %.1f s, past its timeout (%.1f s left of %g s)")
+      :format(self.rate, over, max_wait, timeout or self.timeout),
   }
 end
 
@@ -349,8 +365,28 @@ function Base:report(info, started, res, err)
   self.on_response(info)
 end
 
+-- A call's deadline (on core.monotonic's clock), fixed when it is made: its waits (a rate turn, a
+-- slot, a pool thread, ZAFU's token), its attempts and its backoff all spend from it.
+function Base:deadline(call_opts)
+  return monotonic() + (call_opts and call_opts.timeout or self.timeout)
+end
+
+-- The failure of a call whose deadline passed before it was sent: safe to repeat.
+function Base:late(code, message)
+  return self:error{ kind = "timeout", code = code, retryable = true, maybe_sent = false, message = message }
+end
+
+-- Whether a retry's backoff still fits before the deadline; if so, waits it out.
+function M.pause(attempt, deadline, sleep)
+  local d = M.backoff(attempt)
+  if monotonic() + d >= deadline then return false end
+  sleep(d)
+  return true
+end
+
 function Base:call_endpoint(ep, args, call_opts)
   local acts, attempt = M.acts(ep, call_opts), 0
+  local deadline = self:deadline(call_opts)
   while true do
     attempt = attempt + 1
     local req = self:build_request(ep, args)
@@ -360,23 +396,51 @@ function Base:call_endpoint(ep, args, call_opts)
       info.signed, req.signed = req.signed, nil
       if self.on_request then self.on_request(info) end
     end
-    local res, err = self:send(ep, req)
+    local res, err = self:send(ep, req, deadline)
     local value, extra = self:outcome(ep, res, err, acts)
     if info and self.on_response then self:report(info, started, res, value == nil and extra or nil) end
     if value ~= nil then return value end -- one value on success, never a second
-    if not (extra and extra.retryable) or attempt >= self.max_attempts then return nil, extra end
-    require("kaifang.transport").sleep(M.backoff(attempt)) -- ngx.sleep inside nginx
+    if not (extra and extra.retryable) or attempt >= self.max_attempts
+      or not M.pause(attempt, deadline, transport.sleep) then -- ngx.sleep inside nginx
+      return nil, extra
+    end
   end
 end
 
-function Base:send(ep, req)
-  req.timeout = req.timeout or self.timeout
-  if self.rate then -- wait for the shared turn, or give up when it is further away than the timeout
-    local wait, werr = self:reserve_turn(req.timeout)
+-- One attempt, by the call's deadline (default: the client's timeout from now): the shared rate's
+-- turn, then inside nginx one of the account's slots, then the transport with the time left
+-- (req.timeout) and the deadline itself (req.deadline: ngx_thread checks it again when a pool
+-- thread takes the call). Nothing is sent once the deadline has passed.
+function Base:send(ep, req, deadline)
+  local started = monotonic()
+  deadline = deadline or started + self.timeout
+  if self.rate then -- wait for the shared turn, or give up when it is further away than the deadline
+    local wait, werr = self:reserve_turn(math.max(0, deadline - started))
     if not wait then return nil, werr end
-    if wait > 0 then require("kaifang.transport").sleep(wait) end
+    if wait > 0 then transport.sleep(wait) end
   end
-  local res, err = self.transport:request(req)
+  local slot = transport.slot(self.slot_key, self.concurrency, deadline)
+  if slot == false then
+    return nil, self:late("busy", ("waited %.1f s for one of the %d slots of %s account '%s' on this nginx worker, "
+      .. "all held by calls still in flight (option 'concurrency')"):format(monotonic() - started, self.concurrency,
+      self.platform, tostring(self.account)))
+  end
+  local left = deadline - monotonic()
+  if left < 0.001 then -- libcurl takes whole milliseconds, and 0 would mean no limit
+    if slot then slot:release() end
+    return nil, self:late("deadline", ("its timeout ran out before it was sent (%.1f s spent waiting)"):format(
+      monotonic() - started))
+  end
+  req.timeout, req.deadline = left, deadline
+  local res, err
+  if slot then -- given back whatever the transport does
+    local ok
+    ok, res, err = pcall(self.transport.request, self.transport, req)
+    slot:release()
+    if not ok then error(res, 0) end
+  else
+    res, err = self.transport:request(req)
+  end
   if not res then
     err.platform = self.platform
     return nil, errors.new(err)

@@ -150,11 +150,10 @@ function M.new(opts)
   if ahead ~= nil and not client.seconds(ahead, true) then opt_fail("option 'refresh_ahead' must be a number of seconds from 0 to 1e6") end
   self.refresh_ahead = ahead or 300
 
-  -- how long the refresher may hold the lock (its token request at most), and how long the others wait
-  self.lock_ttl = self.timeout + 5
+  -- how long the others wait for the lock's holder at most; a call's own deadline comes first
   local wait = opts.token_wait
   if wait ~= nil and not client.seconds(wait) then opt_fail("option 'token_wait' must be a positive number of seconds, at most 1e6") end
-  self.token_wait = wait or (self.lock_ttl + self.timeout + 1)
+  self.token_wait = wait
 
   if opts.scope ~= nil and (type(opts.scope) ~= "string" or opts.scope == "") then opt_fail("option 'scope' must be a non-empty string") end
   self.scope = opts.scope
@@ -242,8 +241,8 @@ end
 
 local OAUTH_STATUS = { [400] = true, [401] = true, [403] = true }
 
--- POST /oauth/token with a JSON body -> record | nil, err (kind "auth" for a refusal)
-function Zafu:fetch_token()
+-- POST /oauth/token with a JSON body, by deadline -> record | nil, err (kind "auth" for a refusal)
+function Zafu:fetch_token(deadline)
   local body = { grant_type = "client_credentials", client_id = self.client_id, client_secret = client.secret(self) }
   if self.scope then body.scope = self.scope end
   local started = self.now()
@@ -251,7 +250,7 @@ function Zafu:fetch_token()
     method = "POST", url = self.base_url .. TOKEN_EP.path,
     headers = { ["Content-Type"] = "application/json", Accept = "application/json" },
     body = cjson.encode(body),
-  })
+  }, deadline)
   if not res then return nil, err end
   local doc = decode_object(res.body)
   if res.status ~= 200 then
@@ -283,13 +282,21 @@ function Zafu:owner()
   return self.owner_id .. "." .. self.owner_seq
 end
 
--- The current token record, single-flight: a fresh stored token is used as is; one due for refresh
--- is refreshed by whoever gets the store's lock while the others go on using it until it expires;
--- without a usable one, the others wait for the lock's holder and read what it stored.
-function Zafu:token_record()
+-- The lock outlives the fetch made under it by this much: the fetch ends by its call's deadline
+-- (its libcurl timeout, and nginx's pool thread does not send it once that has passed), the lock
+-- lasts until the deadline and this margin, so a fetch never runs without its lock.
+local LOCK_MARGIN = 5
+
+-- The current token record, single-flight, by the call's deadline (default: the client's timeout
+-- from now): a fresh stored token is used as is; one due for refresh is refreshed by whoever gets
+-- the store's lock while the others go on using it until it expires; without a usable one, the
+-- others wait for the lock's holder (until token_wait or the deadline) and read what it stored.
+function Zafu:token_record(deadline)
   local st, key = self.token_store, self.token_key
   local lock_key = key .. ":lock"
-  local deadline, pause
+  local started = core.monotonic()
+  deadline = deadline or self:deadline()
+  local wait_until, pause
   while true do
     local raw, err = st:get(key)
     if raw == nil and err ~= nil then return nil, err end
@@ -297,8 +304,15 @@ function Zafu:token_record()
     local now = self.now()
     if rec and now < self:refresh_at(rec) then return rec end
     local usable = rec and now < rec.expires_at
+    local left = deadline - core.monotonic()
+    if left < 0.001 then
+      if usable then return rec end
+      return nil, self:late("deadline", ("its timeout ran out before it was sent: %.1f s went to %s"):format(
+        core.monotonic() - started, wait_until and ("waiting for the access token that the holder of the lock in "
+          .. tostring(st) .. " is fetching") or "getting the access token"))
+    end
     local owner = self:owner()
-    local got, lerr = st:lock(lock_key, owner, self.lock_ttl)
+    local got, lerr = st:lock(lock_key, owner, left + LOCK_MARGIN)
     if got == nil and lerr ~= nil then
       if usable then return rec end
       return nil, lerr
@@ -310,7 +324,7 @@ function Zafu:token_record()
         st:unlock(lock_key, owner)
         return again
       end
-      local fresh, ferr = self:fetch_token()
+      local fresh, ferr = self:fetch_token(deadline)
       if fresh then st:set(key, fresh.raw, fresh.expires_in) end -- if the store fails, this call still has its token
       st:unlock(lock_key, owner)
       if fresh then return fresh end
@@ -319,17 +333,17 @@ function Zafu:token_record()
     end
     if usable then return rec end -- another is refreshing it
     local t = self.monotonic()
-    if not deadline then
-      deadline = t + self.token_wait
+    if not wait_until then
+      wait_until = self.token_wait and t + self.token_wait or math.huge
       pause = 0.005
       self.stats.waited = self.stats.waited + 1
-    elseif t >= deadline then
+    elseif t >= wait_until then
       return nil, self:error{
         kind = "auth", code = "token_wait", retryable = true,
         message = ("no access token after waiting %gs for the holder of the lock in %s"):format(self.token_wait, tostring(st)),
       }
     end
-    self.sleep(pause)
+    self.sleep(math.min(pause, left))
     pause = pause * 2 > 0.05 and 0.05 or pause * 2
   end
 end
@@ -370,12 +384,12 @@ function Zafu:remember(token)
   list[5] = nil
 end
 
--- token: the one to send; without it (kaifang.batch builds requests itself) the current one,
--- and a failure to get it raises, which the batch reports for that call.
-function Zafu:build_request(ep, args, token)
+-- token: the one to send; without it (kaifang.batch builds requests itself) the current one, got
+-- by deadline, and a failure to get it raises, which the batch reports for that call.
+function Zafu:build_request(ep, args, token, deadline)
   local raw
   if token == nil then
-    local rec, err = self:token_record()
+    local rec, err = self:token_record(deadline)
     if not rec then error(tostring(err), 0) end
     token, raw = rec.access_token, rec.raw
   end
@@ -413,15 +427,15 @@ function Zafu:refused_token(req, res)
   return true
 end
 
--- One request with the token of rec, through the hooks -> value, extra, refused
-function Zafu:send_with(ep, args, acts, attempt, rec)
+-- One request with the token of rec, through the hooks, by deadline -> value, extra, refused
+function Zafu:send_with(ep, args, acts, attempt, rec, deadline)
   local req = self:build_request(ep, args, rec.access_token)
   local info, started
   if self.on_request or self.on_response then
     info, started = self:request_info(ep, req, attempt), core.monotonic() -- the URL with the token hidden
     if self.on_request then self.on_request(info) end
   end
-  local res, err = self:send(ep, req)
+  local res, err = self:send(ep, req, deadline)
   local value, extra = self:outcome(ep, res, err, acts)
   if value == nil then self:scrubbed(extra) end
   if info and self.on_response then self:report(info, started, res, value == nil and extra or nil) end
@@ -431,28 +445,30 @@ end
 -- One attempt: the current token; when it is refused, dropped from the store if it is still the
 -- one that failed, and the request sent once more with the current one. A refused request was
 -- not acted on, so this is safe for acting calls too; it happens once per attempt, never more.
-function Zafu:attempt(ep, args, acts, attempt)
-  local rec, err = self:token_record()
+function Zafu:attempt(ep, args, acts, attempt, deadline)
+  local rec, err = self:token_record(deadline)
   if not rec then return nil, err end
-  local value, extra, refused = self:send_with(ep, args, acts, attempt, rec)
+  local value, extra, refused = self:send_with(ep, args, acts, attempt, rec, deadline)
   if not refused then return value, extra end
   self.stats.refused = self.stats.refused + 1
   local _, derr = self.token_store:delete_if_equal(self.token_key, rec.raw)
   if derr then return nil, derr end
-  rec, err = self:token_record()
+  rec, err = self:token_record(deadline)
   if not rec then return nil, err end
-  return self:send_with(ep, args, acts, attempt, rec)
+  return self:send_with(ep, args, acts, attempt, rec, deadline)
 end
 
--- The pipeline's call, with the token: max_attempts and backoff as for every client.
+-- The pipeline's call, with the token: one deadline, max_attempts and backoff as for every client.
 function Zafu:call_endpoint(ep, args, call_opts)
   local acts, attempt = client.acts(ep, call_opts), 0
+  local deadline = self:deadline(call_opts)
   while true do
     attempt = attempt + 1
-    local value, extra = self:attempt(ep, args, acts, attempt)
+    local value, extra = self:attempt(ep, args, acts, attempt, deadline)
     if value ~= nil then return value end -- one value on success, never a second
-    if not (extra and extra.retryable) or attempt >= self.max_attempts then return nil, extra end
-    self.sleep(client.backoff(attempt))
+    if not (extra and extra.retryable) or attempt >= self.max_attempts or not client.pause(attempt, deadline, self.sleep) then
+      return nil, extra
+    end
   end
 end
 

@@ -25,12 +25,17 @@ end
 
 local clients = {}
 
-function M.client(platform, transport)
+-- extra: client options over the defaults here ({ thread_pool =, concurrency =, timeout =, token_key = }).
+function M.client(platform, transport, extra)
   local id = platform .. ":" .. (transport or "")
+  for _, k in ipairs({ "thread_pool", "concurrency", "timeout", "token_key" }) do
+    if extra and extra[k] then id = id .. ":" .. k .. "=" .. extra[k] end
+  end
   local c = clients[id]
   if c then return c end
   local opts = { base_url = env.sandbox, timeout = 5, transport = transport }
   for k, v in pairs(env.credentials[platform] or {}) do opts[k] = v end
+  for k, v in pairs(extra or {}) do opts[k] = v end
   if platform == "zafu" then
     opts.token_store = kaifang.store.ngx_shared("kaifang")
     opts.sleep = require("kaifang.transport").sleep
@@ -79,29 +84,73 @@ function M.call()
   return reply(200, out)
 end
 
--- GET /hold?n=20: n Lingdian calls at once from light threads of this one request.
-function M.hold()
-  local n = tonumber(ngx.var.arg_n) or 20
-  local ld = M.client("lingdian")
+-- n calls of platform at once from light threads -> { n, ok, calls = { { ok, err, elapsed } }, elapsed,
+-- pid, fetched (ZAFU: tokens this client fetched) }; extra as for M.client; timeouts: the per-call
+-- timeout option of each call (a list; nil for the client's).
+local BURST = { lingdian = { "get_user_tel_by_code", { user_code = "U2TD844B2" } }, zafu = { "menu_list", {} } }
+
+local function burst(platform, n, extra, timeouts)
+  local c = M.client(platform, nil, extra)
+  local method, args = BURST[platform][1], BURST[platform][2]
   ngx.update_time()
   local started = ngx.now()
   local threads = {}
   for i = 1, n do
     threads[i] = ngx.thread.spawn(function()
-      local res, err = ld:get_user_tel_by_code{ user_code = "U2TD844B2" }
-      local tel = res and res.data
+      local t = timeouts and timeouts[i]
+      local res, err = c[method](c, args, t and { timeout = t } or nil)
       ngx.update_time()
-      return tel, err and tostring(err), ngx.now() - started
+      return res ~= nil, err and plain(err), ngx.now() - started
     end)
   end
-  local ok_count, errs, times = 0, {}, {}
+  local out = { n = n, ok = 0, calls = {}, pid = ngx.worker.pid() }
   for i = 1, n do
-    local _, tel, err, t = ngx.thread.wait(threads[i])
-    if tel == "13311112222" then ok_count = ok_count + 1 else errs[#errs + 1] = tostring(err) end
-    times[i] = t
+    local alive, ok, err, t = ngx.thread.wait(threads[i])
+    out.calls[i] = alive and { ok = ok, err = err, elapsed = t } or { ok = false, err = { raised = tostring(ok) } }
+    if alive and ok then out.ok = out.ok + 1 end
   end
   ngx.update_time()
-  return reply(200, { n = n, ok = ok_count, errors = errs, times = times, elapsed = ngx.now() - started, pid = ngx.worker.pid() })
+  out.elapsed, out.fetched = ngx.now() - started, c.stats and c.stats.fetched
+  return out
+end
+
+-- GET /hold?n=20: n Lingdian calls at once from light threads of this one request.
+function M.hold()
+  return reply(200, burst("lingdian", tonumber(ngx.var.arg_n) or 20))
+end
+
+-- GET /burst?platform=zafu&n=8[&pool=&concurrency=&timeout=&token_key=][&timeouts=2,2,1]: as /hold,
+-- for a client made with those options (timeouts: each call's own). With &bg=KEY it runs in an ngx.timer instead and this answers at once; GET
+-- /burst/result?key=KEY has its outcome once it is done (404 before).
+function M.burst()
+  local a = ngx.req.get_uri_args()
+  local platform, n = a.platform or "lingdian", tonumber(a.n) or 8
+  local extra = { thread_pool = a.pool, concurrency = tonumber(a.concurrency), timeout = tonumber(a.timeout), token_key = a.token_key }
+  local timeouts = {}
+  for t in (a.timeouts or ""):gmatch("[^,]+") do timeouts[#timeouts + 1] = tonumber(t) end
+  if not a.bg then return reply(200, burst(platform, n, extra, timeouts)) end
+  local ok, err = ngx.timer.at(0, function()
+    ngx.shared.spec:set("burst:" .. a.bg, cjson.encode(burst(platform, n, extra, timeouts)))
+  end)
+  return reply(ok and 200 or 500, { started = ok and true or false, err = err })
+end
+
+-- GET /abandon?n=2[&concurrency=&timeout=]: n Lingdian calls started in light threads, and the
+-- request ended at once (ngx.exit), which leaves them in flight and their slots never given back.
+function M.abandon()
+  local a = ngx.req.get_uri_args()
+  local c = M.client("lingdian", nil, { concurrency = tonumber(a.concurrency), timeout = tonumber(a.timeout) })
+  for _ = 1, tonumber(a.n) or 2 do
+    ngx.thread.spawn(function() return c:get_user_tel_by_code{ user_code = "U2TD844B2" } end)
+  end
+  ngx.say("abandoned")
+  return ngx.exit(ngx.HTTP_OK)
+end
+
+function M.burst_result()
+  local v = ngx.shared.spec:get("burst:" .. tostring(ngx.var.arg_key))
+  if not v then return reply(404, { done = false }) end
+  return reply(200, cjson.decode(v))
 end
 
 -- GET /threadstats?n=8: what the thread VMs report, n times in a row.

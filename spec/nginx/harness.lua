@@ -92,6 +92,17 @@ local function lua_literal(v)
   return "{ " .. table.concat(parts, ", ") .. " }"
 end
 
+-- fn() until it returns a true value (returned), for at most timeout seconds; then raises "timed out waiting for <what>".
+function M.wait_for(what, timeout, fn)
+  local deadline = core.monotonic() + timeout
+  while true do
+    local v = fn()
+    if v then return v end
+    if core.monotonic() > deadline then error("timed out waiting for " .. what, 2) end
+    core.sleep(0.02)
+  end
+end
+
 local Nginx = {}
 Nginx.__index = Nginx
 

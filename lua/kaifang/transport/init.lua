@@ -55,6 +55,50 @@ function M.sleep(seconds)
   return require("kaifang.core").sleep(seconds)
 end
 
+-- One of the slots of key (a platform account) in this nginx worker, limit of them, waiting at most
+-- until deadline (core.monotonic's clock): -> a slot to give back with slot:release(), false when
+-- none came free in time, or nil where no limit applies (outside nginx, or a phase that cannot
+-- wait: the call blocks or raises anyway). Slots are per worker because the thread pool and its
+-- 100 thread VMs are. A holder whose request ended while its call was in flight (ngx.exit with
+-- light threads running, a client abort) never gives its slot back: it is taken back RECLAIM
+-- seconds after the holder's deadline, when its transfer has ended (libcurl's timeout) or, still
+-- queued in the pool, will not be sent.
+local slots = {}
+local RECLAIM = 2
+
+local Slot = {}
+Slot.__index = Slot
+
+function Slot:release()
+  local held = self.pool.held
+  if held[self] then
+    held[self] = nil
+    self.pool.sem:post(1)
+  end
+end
+
+function M.slot(key, limit, deadline)
+  local phase = M.phase()
+  if not (phase and M.yielding_phases[phase]) then return nil end
+  local id = key .. "#" .. limit
+  local pool = slots[id]
+  if not pool then
+    -- lua-resty-core's, which lua-nginx-module requires
+    pool = { sem = assert(require("ngx.semaphore").new(limit)), held = {} }
+    slots[id] = pool
+  end
+  local now = require("kaifang.core").monotonic()
+  if pool.sem:count() <= 0 then
+    for slot, expiry in pairs(pool.held) do
+      if expiry < now then slot:release() end
+    end
+  end
+  if not pool.sem:wait(math.max(0, deadline - now)) then return false end
+  local slot = setmetatable({ pool = pool }, Slot)
+  pool.held[slot] = deadline + RECLAIM
+  return slot
+end
+
 function M.new(name, opts)
   if not M.names[name] then return nil, "unknown transport '" .. tostring(name) .. "' (expected curl, ngx_thread or resty_http)" end
   return require("kaifang.transport." .. name).new(opts or {})

@@ -13,7 +13,10 @@
 -- A worker thread runs the call in one of lua-nginx-module's pooled thread VMs; the VM persists
 -- between tasks, so each keeps its core.http sessions (one per set of session options) and its
 -- connections stay alive. Same contract as every transport:
---   request{ method, url, headers, body, timeout } -> { status, headers, body } | nil, err
+--   request{ method, url, headers, body, timeout[, deadline] } -> { status, headers, body } | nil, err
+-- deadline (core.monotonic's clock, one across the process's threads) is checked again when a
+-- thread takes the call off the pool's queue: a call whose deadline has passed is not sent
+-- (kind "timeout", maybe_sent = false), and libcurl gets only the time left.
 local core = require "kaifang.core"
 local errors = require "kaifang.errors"
 local transport = require "kaifang.transport"
@@ -36,8 +39,9 @@ local stats = { requests = 0, sessions = 0, vm = tostring(sessions):match("0x%x+
 -- The request comes as flat values and the response goes back as flat values: every table that
 -- crosses between the worker's VM and a thread VM is copied field by field, each way (measured in
 -- bench/nginx.lua: the request and response as tables cost the worker about 1.5 us more per call).
--- -> "ok", status, body, headers | "err", err | "raise", message
-function M.perform(key, opts, method, url, body, timeout, headers)
+-- A call taken off the pool's queue past its deadline is not sent; libcurl gets the time left.
+-- -> "ok", status, body, headers | "err", err | "late" | "raise", message
+function M.perform(key, opts, method, url, body, timeout, headers, deadline)
   stats.requests = stats.requests + 1
   local s = sessions[key]
   if not s then
@@ -46,6 +50,11 @@ function M.perform(key, opts, method, url, body, timeout, headers)
     s = made
     sessions[key] = s
     stats.sessions = stats.sessions + 1
+  end
+  if deadline then
+    local left = deadline - core.monotonic()
+    if left < 0.001 then return "late" end -- libcurl takes whole milliseconds, and 0 means no limit
+    timeout = left
   end
   local ok, res, err = pcall(s.request, s, { method = method, url = url, body = body, timeout = timeout, headers = headers })
   if not ok then return "raise", tostring(res) end
@@ -78,9 +87,14 @@ end
 -- Failures of ngx.run_worker_thread that mean "busy", not "misconfigured": nothing was sent.
 local BUSY = { ["no available Lua vm"] = true, ["no memory"] = true, ["ngx_thread_task_post failed"] = true }
 
-local function outcome(level, tag, a, b, c)
+-- waited: what a call that came back "late" spent before a thread took it, and where.
+local function outcome(level, waited, tag, a, b, c)
   if tag == "ok" then return { status = a, body = b, headers = c } end
   if tag == "err" then return nil, errors.new(a) end
+  if tag == "late" then
+    return nil, errors.new{ kind = "timeout", code = "deadline", retryable = true, maybe_sent = false,
+                            message = "its timeout ran out before it was sent" .. (waited or "") }
+  end
   error(a, level + 1)
 end
 
@@ -88,7 +102,8 @@ function Transport:request(req)
   local ngx = transport.ngx()
   local phase = transport.phase()
   if phase == nil then -- outside nginx: an ordinary blocking transport, kept alive
-    return outcome(2, M.perform(self.key, self.session_opts, req.method, req.url, req.body, req.timeout, req.headers))
+    return outcome(2, nil, M.perform(self.key, self.session_opts, req.method, req.url, req.body, req.timeout, req.headers,
+                                     req.deadline))
   end
   if phase == "init" then -- blocking is harmless here, but the workers must not inherit the connection
     local s = core.http(self.session_opts)
@@ -106,9 +121,14 @@ function Transport:request(req)
     error("kaifang.transport.ngx_thread: this nginx has no ngx.run_worker_thread (it needs a lua-nginx-module "
       .. "that has it, such as Debian bookworm's 0.10.23, and nginx built with threads); use transport = \"resty_http\" instead", 2)
   end
+  local queued = core.monotonic()
   local ok, tag, a, b, c = run(self.pool, M.module_name, "perform", self.key, self.session_opts, req.method, req.url,
-                               req.body, req.timeout, req.headers)
-  if ok then return outcome(2, tag, a, b, c) end
+                               req.body, req.timeout, req.headers, req.deadline)
+  if ok then
+    local waited = tag == "late" and (": waited %.1f s for a thread of pool '%s' (more calls than its threads; see "
+      .. "the clients' 'concurrency')"):format(core.monotonic() - queued, self.pool)
+    return outcome(2, waited, tag, a, b, c)
+  end
   local msg = tostring(tag)
   if BUSY[msg] then
     return nil, errors.new{ kind = "transport", message = "nginx thread pool '" .. self.pool .. "': " .. msg,
