@@ -1,6 +1,7 @@
 -- kaifang inside nginx: requests per second and the worker's CPU time per request, for one
 -- Lingdian call per request to a fixed-reply upstream (a second nginx), through
---   thread      kaifang.transport.ngx_thread (the default inside nginx: libcurl in the thread pool)
+--   thread      kaifang.transport.ngx_thread (the default inside nginx: libcurl in the thread pool),
+--               with the client's default concurrency (calls in flight per account), and with 32
 --   resty_http  kaifang.transport.resty_http (lua-resty-http over cosockets), when installed
 --   cosocket    for scale: one signed request made at start, sent by hand over ngx.socket.tcp
 --               (no kaifang per call): what an event-loop transport such as resty_http cannot beat
@@ -118,6 +119,7 @@ end
 
 local cases = {
   { name = "kaifang, thread pool (ngx_thread)", path = "/thread" },
+  { name = "  the same with concurrency = 32", path = "/thread32" },
   { name = "kaifang, resty_http", path = "/resty" },
   { name = "cosocket floor (no kaifang)", path = "/cosocket" },
   { name = "nginx proxy_pass (baseline)", path = "/proxy" },
@@ -127,7 +129,7 @@ has = tostring(has):gsub("%s+$", "")
 local skipped
 if has ~= "yes" then
   skipped = "kaifang, resty_http: skipped, " .. has .. " (not packaged in Debian bookworm)"
-  table.remove(cases, 2)
+  table.remove(cases, 3)
 end
 
 -- a warm-up: connections, thread VMs and their libcurl sessions made before anything is counted

@@ -9,11 +9,12 @@ local clients = {}
 
 function M.init()
   require("kaifang.ngx").init()
-  local function client(transport)
+  local function client(transport, concurrency)
     return kaifang.lingdian.new{ developer_code = "U2QHNB2w=", developer_key = "744ed968e7e1a4aebafa6f4888fced68",
-                                 base_url = env.upstream, transport = transport }
+                                 base_url = env.upstream, transport = transport, concurrency = concurrency }
   end
   clients.thread = client(nil) -- the default inside nginx: kaifang.transport.ngx_thread
+  clients.thread32 = client(nil, 32) -- as many calls in flight as the pool has threads
   if require("kaifang.transport.resty_http").available() then clients.resty_http = client("resty_http") end
 end
 
