@@ -46,7 +46,7 @@ local function memory_seen()
       if t[key] == nil then t[key] = "busy" return "new" end
       return t[key]
     end,
-    done = function(key) t[key] = "done" end,
+    done = function(key) t[key] = "done" return true end,
     forget = function(key) t[key] = nil end,
   }
 end
@@ -110,7 +110,7 @@ describe("kaifang.ngx.process", function()
       assert.are.equal(4, #logs)
       for _, l in ipairs(logs) do
         assert.are.equal("warn", l[1])
-        assert.matches("^kaifang%.ngx: refused Yopoint notice from 203%.0%.113%.9: ", l[2])
+        assert.matches("^kaifang%.ngx%.yopoint_notify %(yopoint%): refused a Yopoint notice from 203%.0%.113%.9: ", l[2])
         assert.is_nil(l[2]:find(SECRET, 1, true))
       end
     end)
@@ -146,7 +146,7 @@ describe("kaifang.ngx.process", function()
       assert.are.equal("info", logs[1][1])
       local q = form(notice{ biz_content = '{"other":1}' })
       for k in pairs(seen.t) do seen.t[k] = nil end
-      seen.claim("sign:" .. kngx.field(post(q), "sign"))
+      seen.claim("yopoint_notify|" .. APPID .. "||sign:" .. kngx.field(post(q), "sign"))
       assert.are.equal("fail", kngx.process("yopoint_notify", yp, post(q), fn, opts()).body)
       assert.are.equal(1, n)
     end)
@@ -166,10 +166,14 @@ describe("kaifang.ngx.process", function()
       assert.are.equal(2, n)
     end)
 
-    it("refuses addresses off the allow list", function()
-      local res = kngx.process("yopoint_notify", yp, post(form(notice())), function() end, opts{ allow = { "198.51.100.1" } })
-      assert.are.equal("fail", res.body)
-      assert.matches("address not allowed", logs[1][2])
+    it("refuses addresses off the allow list with 403 and a JSON body, and names the handler and platform in the log", function()
+      local called = false
+      local res = kngx.process("yopoint_notify", yp, post(form(notice())), function() called = true end,
+        opts{ allow = { "198.51.100.1" } })
+      assert.are.equal(403, res.status)
+      assert.are.same({ error = "forbidden", message = "address not allowed" }, require("cjson").decode(res.body))
+      assert.is_false(called)
+      assert.are.equal("kaifang.ngx.yopoint_notify (yopoint): refused a Yopoint notice from 203.0.113.9: address not allowed", logs[1][2])
     end)
   end)
 
@@ -214,6 +218,33 @@ describe("kaifang.ngx.process", function()
 
   describe("dakashi_callback", function()
     local OK = '{"errcode":0,"errmsg":"success"}'
+    local base = opts
+    local function opts(extra) -- these callbacks are unsigned: allow is required
+      local o = base(extra)
+      if o.allow == nil then o.allow = "203.0.113.0/24" end
+      return o
+    end
+
+    it("requires allow: without one every callback gets 403 and an error line saying what to do", function()
+      local called = false
+      local o = base()
+      local res = kngx.process("dakashi_callback", nil, post('{"action_type":1,"serial_no":"87000001"}', "application/json"),
+        function() called = true end, o)
+      assert.are.equal(403, res.status)
+      assert.is_false(called)
+      assert.are.equal("err", logs[1][1])
+      assert.matches("kaifang.ngx.dakashi_callback (dakashi): refused a Dakashi callback from 203.0.113.9: no `allow` given",
+        logs[1][2], 1, true)
+      assert.matches('allow = "any"', logs[1][2], 1, true)
+    end)
+
+    it("takes any address with allow = \"any\", and refuses a bad allow list with 403 and the reason", function()
+      local cb = post('{"action_type":1,"serial_no":"87000001"}', "application/json")
+      assert.are.equal(OK, kngx.process("dakashi_callback", nil, cb, function() end, base{ allow = "any" }).body)
+      local res = kngx.process("dakashi_callback", nil, cb, function() end, base{ allow = { "10.0.0.0/33" } })
+      assert.are.equal(403, res.status)
+      assert.matches('"10.0.0.0/33" is not an IPv4 or IPv6 address or CIDR range', logs[#logs][2], 1, true)
+    end)
 
     it("answers the platform's success reply", function()
       local got
@@ -271,6 +302,83 @@ describe("kaifang.ngx.process", function()
       for _, p in ipairs({ t, fields{ developer_code = "OTHER" }, unsigned, fields{ timestamp = tostring(os.time() + 3600) } }) do
         local res = kngx.process("lingdian_callback", ld, post(form(p)), function() error("not reached") end, opts())
         assert.are.equal(104, require("cjson").decode(res.body).code)
+      end
+    end)
+  end)
+
+  describe("repeat marks", function()
+    local function dakashi(path, account, o)
+      local req = post('{"action_type":2,"serial_no":"87000001","status":"on"}', "application/json")
+      req.path = path
+      return kngx.process("dakashi_callback", nil, req, function() end, opts{ allow = "any", account = account, seen = o })
+    end
+
+    it("are kept apart per handler, account and location", function()
+      dakashi("/cb/a", "acct1")
+      dakashi("/cb/a", "acct1")
+      dakashi("/cb/b", "acct1")
+      dakashi("/cb/a", "acct2")
+      local keys = {}
+      for k in pairs(seen.t) do keys[#keys + 1] = k end
+      table.sort(keys)
+      assert.are.equal(3, #keys)
+      assert.matches("^dakashi_callback|acct1|/cb/a|body:", keys[1])
+      assert.matches("^dakashi_callback|acct1|/cb/b|", keys[2])
+      assert.matches("^dakashi_callback|acct2|/cb/a|", keys[3])
+      local y = kngx.process("yopoint_notify", yp, post(form(notice())), function() end, opts())
+      assert.are.equal("success", y.body)
+      local found
+      for k in pairs(seen.t) do found = found or k:match("^yopoint_notify|" .. APPID .. "||sign:") end
+      assert.is_truthy(found, "the Yopoint client's appid names its marks")
+    end)
+
+    it("a mark that cannot be written refuses the callback (the platform sends it again) and logs why", function()
+      local called = false
+      local full = { claim = function() return nil, "lua_shared_dict kaifang_callbacks is full (no memory)" end }
+      local req = post('{"action_type":1,"serial_no":"87000001"}', "application/json")
+      local res = kngx.process("dakashi_callback", nil, req, function() called = true end, opts{ allow = "any", seen = full })
+      assert.are.equal(50000, require("cjson").decode(res.body).errcode)
+      assert.is_false(called)
+      assert.are.equal("err", logs[1][1])
+      assert.matches("is full (no memory): the callback cannot be marked as taken", logs[1][2], 1, true)
+    end)
+
+    it("the busy mark is kept while the handler runs, and a 'done' that fails is logged", function()
+      local events = {}
+      local o = memory_seen()
+      o.keep = function(key) events[#events + 1] = "keep " .. key:match("^[^|]+") return function() events[#events + 1] = "stop" end end
+      o.done = function() return nil, "no memory" end
+      local res = dakashi("/cb", nil, o)
+      assert.are.equal('{"errcode":0,"errmsg":"success"}', res.body)
+      assert.are.same({ "keep dakashi_callback", "stop" }, events)
+      assert.matches("taken, but not remembered as taken (no memory)", logs[#logs][2], 1, true)
+    end)
+  end)
+
+  describe("allow_list", function()
+    it("matches addresses and CIDR ranges, IPv4 and IPv6, and IPv4-mapped IPv6 as IPv4", function()
+      local m = assert(kngx.allow_list({ "192.0.2.1", "10.1.0.0/16", "2001:db8::/32", "::1", "fe80::1:2:3:4/126" }))
+      for _, yes in ipairs({ "192.0.2.1", "10.1.0.0", "10.1.255.255", "2001:db8::", "2001:db8:ffff:1::9", "::1",
+                             "0:0:0:0:0:0:0:1", "::ffff:192.0.2.1", "::ffff:10.1.2.3", "fe80::1:2:3:7" }) do
+        assert.is_true(m(yes), yes)
+      end
+      for _, no in ipairs({ "192.0.2.2", "10.2.0.1", "10.0.255.255", "2001:db9::", "::2", "fe80::1:2:3:8", "",
+                            "not an address", "192.0.2.1.5", "1::2::3", nil }) do
+        assert.is_false(m(no), tostring(no))
+      end
+      local odd = assert(kngx.allow_list("172.16.0.0/12, 198.51.100.7"))
+      assert.is_true(odd("172.31.255.1"))
+      assert.is_false(odd("172.32.0.1"))
+      assert.is_true(odd("198.51.100.7"))
+      assert.is_true(kngx.allow_list("0.0.0.0/0")("8.8.8.8"))
+      assert.is_false(kngx.allow_list("0.0.0.0/0")("::1"))
+    end)
+
+    it("refuses entries that are not addresses", function()
+      for _, bad in ipairs({ { "10.0.0.0/33" }, { "300.1.1.1" }, { "::/129" }, { "example.com" }, { 7 }, {}, "", 42 }) do
+        local m, why = kngx.allow_list(bad)
+        assert.is_nil(m)
+        assert.is_string(why)
       end
     end)
   end)

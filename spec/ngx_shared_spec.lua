@@ -3,23 +3,26 @@
 local store = require "kaifang.store"
 local ngx_shared = require "kaifang.store.ngx_shared"
 
--- The part of ngx.shared.DICT the store uses: get, set, add, delete, with expiry (0: none).
-local function fake_dict(clock)
+-- The part of ngx.shared.DICT the store uses: get, safe_set, safe_add, delete, with expiry (0:
+-- none), and room for `room` keys (then "no memory", as safe_* answer instead of evicting).
+local function fake_dict(clock, room)
   local data = {}
   local d = {}
+  local function count() local n = 0 for _ in pairs(data) do n = n + 1 end return n end
   local function live(k)
     local e = data[k]
     if e and e.exp and clock() >= e.exp then data[k], e = nil, nil end
     return e
   end
   function d:get(k) local e = live(k) return e and e.v end
-  function d:set(k, v, exptime)
+  function d:safe_set(k, v, exptime)
+    if not live(k) and room and count() >= room then return false, "no memory" end
     data[k] = { v = v, exp = (exptime and exptime > 0) and clock() + exptime or nil }
     return true, nil, false
   end
-  function d:add(k, v, exptime)
+  function d:safe_add(k, v, exptime)
     if live(k) then return false, "exists" end
-    return d:set(k, v, exptime)
+    return d:safe_set(k, v, exptime)
   end
   function d:delete(k) data[k] = nil end
   d.data = data
@@ -61,9 +64,86 @@ describe("kaifang.store.ngx_shared", function()
     st:set("t", "tok2", 10)
     now = now + 10
     assert.is_nil(st:get("t"))
-    st:set("forever", "x")
-    now = now + 1e6
+    st:set("forever", "x") -- every key expires: without a ttl, after MAX_TTL
+    now = now + ngx_shared.MAX_TTL - 1
     assert.are.equal("x", st:get("forever"))
+    now = now + 1
+    assert.is_nil(st:get("forever"))
+  end)
+
+  it("never leaves a key without an expiry", function()
+    st:set("t", "v")
+    st:set("u", "v", 10)
+    st:lock("l", "a", 5)
+    st:take("r", 10)
+    for k, e in pairs(dict.data) do assert.is_number(e.exp, k) end
+  end)
+
+  it("reports a full dict to the caller (nothing evicted, nothing lost silently)", function()
+    local small = fake_dict(function() return now end, 3) -- a, b, and a mutex while each is set
+    local s2 = store.ngx_shared("tiny", { dict = small, clock = function() return now end, sleep = function(x) now = now + x end })
+    assert.is_true(s2:set("a", "1", 10))
+    assert.is_true(s2:set("b", "2", 10))
+    local ok, err = s2:set("c", "3", 10) -- the mutex fits, c does not
+    assert.is_nil(ok)
+    assert.are.equal("store", err.kind)
+    assert.are.equal("no_memory", err.code)
+    assert.matches("lua_shared_dict tiny is full (no memory): nothing was evicted", err.message, 1, true)
+    assert.are.equal("1", s2:get("a"))
+    assert.are.equal("2", s2:get("b"))
+    assert.is_true(s2:lock("l", "a", 5))
+    local locked, lerr = s2:lock("m", "a", 5)
+    assert.is_nil(locked)
+    assert.are.equal("no_memory", lerr.code)
+  end)
+
+  it("reports a dict that evicted a live key to make room (forcible), where it has no safe_*", function()
+    local d = { get = function() end, delete = function() end,
+                set = function() return true, nil, true end, add = function() return true, nil, true end }
+    local s2 = store.ngx_shared("plain", { dict = d, clock = function() return now end })
+    local ok, err = s2:lock("l", "a", 5)
+    assert.is_nil(ok)
+    assert.are.equal("evicted", err.code)
+  end)
+
+  describe("its mutex", function()
+    it("is released only by its holder: a release with another token does nothing", function()
+      local token = assert(st:mutex("k"))
+      assert.is_false(st:release("k", "not-the-holder"))
+      assert.is_false(st:release("k", nil))
+      assert.is_truthy(dict.data["\1mu:k"], "the holder's mutex is still there")
+      local waited = now
+      local second = st:mutex("k") -- waits (yielding) until the lease runs out
+      assert.is_truthy(second)
+      assert.are_not.equal(token, second)
+      assert.is_true(now - waited >= ngx_shared.MUTEX_TTL)
+      assert.is_false(st:release("k", token)) -- the first holder's lease ran out: not its to release
+      assert.is_true(st:release("k", second))
+      assert.is_nil(dict.data["\1mu:k"])
+    end)
+
+    it("has a lease far longer than the work it guards", function()
+      assert.is_true(ngx_shared.MUTEX_TTL >= 1)
+      st:mutex("k")
+      assert.are.equal(now + ngx_shared.MUTEX_TTL, dict.data["\1mu:k"].exp)
+    end)
+
+    it("gives up with a clear error, after a bounded number of tries, where the phase cannot yield", function()
+      local slept = false
+      local plain = store.ngx_shared("kaifang", { dict = dict, clock = function() return now end })
+      local orig = require("kaifang.transport").sleep
+      require("kaifang.transport").sleep = function() slept = true end
+      assert(st:mutex("k"))
+      local ok, err = plain:mutex("k")
+      local locked, lerr = plain:set("k", "v", 1)
+      require("kaifang.transport").sleep = orig
+      assert.is_nil(ok)
+      assert.is_false(slept)
+      assert.are.equal("busy", err.code)
+      assert.matches("this nginx phase cannot wait for it", err.message, 1, true)
+      assert.is_nil(locked)
+      assert.are.equal("busy", lerr.code)
+    end)
   end)
 
   it("locks with an owner and a ttl: its owner may take it again, another may not until it expires", function()
@@ -133,5 +213,43 @@ describe("kaifang.store.ngx_shared", function()
       assert.is_true(st:throttle("k", 4))
       assert.is_true(math.abs(now - t0 - 0.25) < 1e-9)
     end)
+  end)
+end)
+
+describe("kaifang.store.default (the store a client given none uses)", function()
+  local kngx = require "kaifang.ngx"
+  local saved = kngx.config.dict
+  local function with_ngx(shared, workers, fn)
+    rawset(_G, "ngx", { shared = shared, worker = { count = function() return workers end },
+                        get_phase = function() return "init" end, config = { ngx_lua_version = 10023 } })
+    local ok, a, b = pcall(fn)
+    rawset(_G, "ngx", nil)
+    kngx.config.dict = saved
+    assert(ok, a)
+    return a, b
+  end
+
+  it("is one memory store per process outside nginx", function()
+    assert.are.equal(store.default(), store.default())
+    assert.matches("^kaifang.store.memory", tostring(store.default()))
+  end)
+
+  it("is the shared dict inside nginx when nginx has it (kaifang.ngx.config.dict)", function()
+    local st = with_ngx({ spec_state = fake_dict(os.time) }, 4, function()
+      kngx.config.dict = "spec_state"
+      return store.default()
+    end)
+    assert.are.equal("kaifang.store.ngx_shared(spec_state)", tostring(st))
+  end)
+
+  it("is refused with several workers and no dict, naming the directive; one worker keeps a memory store", function()
+    local st, why = with_ngx({}, 4, function() return store.default() end)
+    assert.is_nil(st)
+    assert.are.equal("nginx runs 4 workers and has no lua_shared_dict 'kaifang' for their shared state: add "
+      .. "`lua_shared_dict kaifang 1m;` to http {}, or give a store", why)
+    local ok, err = with_ngx({}, 2, function() return pcall(require("kaifang").zafu.new, { client_id = "c", client_secret = "s", app_id = "01" }) end)
+    assert.is_false(ok)
+    assert.matches("kaifang.zafu: option 'token_store' unset: nginx runs 2 workers", err, 1, true)
+    assert.matches("^kaifang.store.memory", tostring(with_ngx({}, 1, function() return store.default() end)))
   end)
 end)

@@ -105,6 +105,17 @@ describe("kaifang.transport.curl inside nginx", function()
     end
   end)
 
+  it("kaifang.batch says what to do instead, which is not about a client's transport option", function()
+    with_ngx(fake_ngx("content"), function()
+      local ok, err = pcall(require("kaifang").batch, {})
+      assert.is_false(ok)
+      assert.matches("kaifang.batch would block this nginx worker (phase 'content'); a batch runs its own libcurl "
+        .. "event loop", err, 1, true)
+      assert.matches("run it outside nginx", err, 1, true)
+      assert.is_nil(err:find("transport' option unset", 1, true))
+    end)
+  end)
+
   it("is allowed while the configuration loads (init) and in a worker thread's VM", function()
     local t = require("kaifang.transport.curl").new{ timeout = 2 }
     with_ngx(fake_ngx("init"), function()
@@ -228,8 +239,18 @@ describe("kaifang.transport.resty_http (with a stand-in for lua-resty-http)", fu
   end
   after_each(function() package.loaded["resty.http"] = nil end)
 
-  local function response(status, headers, body, read_err)
-    return { status = status, headers = headers, read_body = function() return body, read_err end }
+  -- body_reader as lua-resty-http's: chunks of at most n bytes, nil at the end, or nil, err
+  local function response(status, headers, body, read_err, on_read)
+    local at = 1
+    return { status = status, headers = headers, body_reader = function(n)
+      log.reads = (log.reads or 0) + 1
+      if on_read then on_read() end
+      if read_err then return nil, read_err end
+      if at > #body then return nil end
+      local chunk = body:sub(at, at + n - 1)
+      at = at + n
+      return chunk
+    end }
   end
 
   it("is unavailable, with the reason, when lua-resty-http is not installed", function()
@@ -237,6 +258,45 @@ describe("kaifang.transport.resty_http (with a stand-in for lua-resty-http)", fu
     assert.is_nil(t)
     assert.matches("lua%-resty%-http is not installed", why)
     assert.has_error(function() lingdian.new{ developer_code = CODE, developer_key = KEY, transport = "resty_http" } end)
+  end)
+
+  it("reports the real require error when lua-resty-http is there but a module it needs is not", function()
+    package.preload["resty.http"] = function() return require("resty.string.spec-missing") end
+    local t, why = transport.select{ transport = "resty_http" }
+    package.preload["resty.http"] = nil
+    assert.is_nil(t)
+    assert.matches("lua-resty-http failed to load: ", why, 1, true)
+    assert.matches("module 'resty.string.spec-missing' not found", why, 1, true)
+    assert.is_nil(why:find("not installed", 1, true))
+  end)
+
+  it("applies one deadline to the whole request: each step gets what is left, a slow body times out", function()
+    local clock = 0
+    local core = require "kaifang.core"
+    local real = core.monotonic
+    core.monotonic = function() return clock end
+    stand_in{ connect = function() clock = clock + 0.5 return true end,
+              request = function() clock = clock + 1 return response(200, {}, string.rep("x", 300000), nil,
+                function() clock = clock + 0.6 end) end }
+    local t = assert(transport.select{ transport = "resty_http", timeout = 3, connect_timeout = 1 })
+    local res, err = t:request{ method = "POST", url = "http://127.0.0.1:9/x" }
+    core.monotonic = real
+    assert.is_nil(res)
+    assert.are.equal("timeout", err.kind)
+    assert.is_true(err.maybe_sent)
+    assert.matches("the whole request took more than 3 s", err.message, 1, true)
+    assert.are.same({ 300, 300, 300 }, log.timeouts) -- the last chunk had 0.3 s left of 3 (connect too, then)
+    assert.are.equal(3, log.reads)
+    assert.is_true(log.closed)
+  end)
+
+  it("stops reading a body as soon as it passes max_body", function()
+    stand_in{ connect = function() return true end, request = function() return response(200, {}, string.rep("x", 10 * 65536)) end }
+    local res, err = assert(transport.select{ transport = "resty_http", max_body = 100000 }):request{ method = "GET", url = "http://127.0.0.1:9/x" }
+    assert.is_nil(res)
+    assert.matches("reply larger than max_body (100000 bytes)", err.message, 1, true)
+    assert.are.equal(2, log.reads) -- 64 KiB, then 128 KiB > 100000: the other eight chunks never read
+    assert.is_true(log.closed)
   end)
 
   it("sends the request and returns status, lower-cased headers and body; keeps the connection", function()
@@ -268,7 +328,7 @@ describe("kaifang.transport.resty_http (with a stand-in for lua-resty-http)", fu
   end)
 
   it("a timeout after sending: kind timeout, maybe sent, not retryable by itself", function()
-    stand_in{ connect = function() return true end, request = function() return response(200, {}, nil, "timeout") end }
+    stand_in{ connect = function() return true end, request = function() return response(200, {}, "", "timeout") end }
     local res, err = transport.select{ transport = "resty_http" }:request{ method = "POST", url = "http://127.0.0.1:9/x" }
     assert.is_nil(res)
     assert.are.equal("timeout", err.kind)

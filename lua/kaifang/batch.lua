@@ -157,7 +157,9 @@ local NUMBERS = {
 function M.run(calls, opts)
   -- one libcurl event loop that waits in C: fine in a script, a timer or a thread, never in a
   -- request handler of nginx
-  require("kaifang.transport").assert_may_block("kaifang.batch", 2)
+  require("kaifang.transport").assert_may_block("kaifang.batch", 2, "a batch runs its own libcurl event loop, "
+    .. "whatever the clients' transports: run it outside nginx (a script, `kaifang batch`), or make the calls one "
+    .. "at a time in light threads (ngx.thread.spawn), each through the client's thread-pool transport")
   opts = opts or {}
   if type(opts) ~= "table" then error("kaifang.batch: opts must be a table", 2) end
   for k, v in pairs(opts) do

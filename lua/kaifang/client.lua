@@ -175,7 +175,8 @@ end
 -- for clock skew and tests), max_attempts (1: a retryable failure is returned at once; more:
 -- retried with backoff, only where it cannot duplicate), on_request, on_response, debug,
 -- rate (calls per second for the platform account, shared by everyone using rate_store) and
--- rate_store (a store with take; default: ZAFU's token_store, else one memory store per process),
+-- rate_store (a store with take; default: ZAFU's token_store, else kaifang.store.default(): the
+-- shared dict inside nginx, one memory store per process elsewhere),
 -- concurrency (inside nginx: calls of the account in flight at once per worker, 16).
 M.COMMON_OPTIONS = {
   base_url = true, timeout = true, connect_timeout = true, ssl_verify = true, cainfo = true, capath = true,
@@ -275,8 +276,6 @@ end
 -- A rate shared through a store: every client of the account that uses the same store takes its
 -- turn there (GCRA, so calls are evenly spaced), across processes with a file store and across
 -- machines with Redis. The key names the platform, the account and the base URL.
-local default_rate_store
-
 function M.rate(self, opts, level)
   local rate, rs = opts.rate, opts.rate_store
   if rate ~= nil and (type(rate) ~= "number" or not (rate > 0 and rate <= 1e6)) then -- NaN fails
@@ -285,6 +284,10 @@ function M.rate(self, opts, level)
   if rs ~= nil then
     local msg = require("kaifang.store").check(rs, { "take" })
     if msg then fail(self.platform, "option 'rate_store': " .. msg, level + 1) end
+  elseif rate and self.platform ~= "zafu" then -- ZAFU's default is its token store
+    local why
+    rs, why = require("kaifang.store").default()
+    if not rs then fail(self.platform, "option 'rate_store' unset: " .. why, level + 1) end
   end
   self.rate, self.rate_store = rate, rs
   self.rate_key = ("rate:%s:%s@%s"):format(self.platform, tostring(self.account), self.base_url)
@@ -295,10 +298,6 @@ end
 -- "timeout", code "rate_limit"; nothing reserved), or the store's failure.
 function Base:reserve_turn(max_wait, timeout)
   if not self.rate then return 0 end
-  if not self.rate_store then
-    default_rate_store = default_rate_store or require("kaifang.store").memory()
-    self.rate_store = default_rate_store
-  end
   local wait, over = self.rate_store:take(self.rate_key, self.rate, { max_wait = max_wait })
   if wait then return wait end
   if type(over) ~= "number" then return nil, over end

@@ -13,26 +13,36 @@
 -- returns nil plus an error (the Lua convention): then the platform gets its failure reply and
 -- sends the callback again later. (yopoint_pay differs: see there.)
 --
--- Repeats: with a lua_shared_dict (opts.dict, default "kaifang" when nginx has one), a callback
--- already taken is answered with the success reply again without calling your function (the
--- platforms repeat callbacks whose answer got lost); one still being handled gets the failure
--- reply, so the platform tries again later. A signed callback is recognised by its sign, an
--- unsigned one (Dakashi) by its body. opts.dedupe_ttl (seconds, default 900) is how long one is
+-- Repeats: with the callbacks' lua_shared_dict (opts.dict, default M.config.callbacks_dict,
+-- "kaifang_callbacks", when nginx has it), a callback already taken is answered with the success
+-- reply again without calling your function (the platforms repeat callbacks whose answer got
+-- lost); one still being handled gets the failure reply, so the platform tries again later. A
+-- signed callback is recognised by its sign, an unsigned one (Dakashi) by its body, within its
+-- handler, account and location. opts.dedupe_ttl (seconds, default 900) is how long one is
 -- remembered; keep it longer than the timestamp window (300 s), outside which a replay is refused
--- anyway. opts.dict = false turns this off.
+-- anyway. opts.dict = false turns this off. The marks live in a dict of their own, apart from the
+-- token, locks and rate limits (M.config.dict): a flood of callbacks fills only that one.
 --
--- Other options: allow (a list of client addresses; anything else is refused, for the unsigned
--- Dakashi callbacks above all), window (seconds; the signed callbacks' timestamp window),
--- log_level (of refusals; default ngx.WARN).
+-- Other options: allow (addresses and CIDR ranges, IPv4 and IPv6, as a list or a comma-separated
+-- string; anything else gets 403. Dakashi's unsigned callbacks require it, or allow = "any",
+-- which logs a warning), window (seconds; the signed callbacks' timestamp window), log_level (of
+-- refusals; default ngx.WARN), account (names the endpoint's account in its repeat marks, for
+-- Dakashi; the others use their client's).
 --
 -- The pure part, M.process(kind, client, request, fn, opts) -> response, needs no nginx: the specs
 -- drive it directly, and the nginx handlers only read the request and write the response.
 --
--- Start-up: call M.init() from init_by_lua* (below), and make your clients there too.
+-- Start-up: call M.init() from init_by_lua* (below), and make your clients there too; call
+-- M.check{...} from init_worker_by_lua* to have a misconfiguration reported at start.
 local core = require "kaifang.core"
 local errors = require "kaifang.errors"
 
 local M = {}
+
+-- The shared dicts: `dict` holds the state every worker shares (ZAFU's token and its lock, rate
+-- limits: kaifang.store.default() uses it), `callbacks_dict` the callbacks' repeat marks. Set
+-- them with M.init{ dict = ..., callbacks_dict = ... }.
+M.config = { dict = "kaifang", callbacks_dict = "kaifang_callbacks" }
 
 ---------------------------------------------------------------------------- init_by_lua
 -- nginx started as root reads its configuration as root, but its workers run as another user
@@ -73,9 +83,15 @@ function M.pin_path(path)
   return table.concat(out, ";")
 end
 
-function M.init()
+function M.init(opts)
   if require("kaifang.transport").phase() ~= "init" then
     error("kaifang.ngx.init: call it from init_by_lua* (while nginx reads its configuration)", 2)
+  end
+  if opts ~= nil and type(opts) ~= "table" then error("kaifang.ngx.init: its options must be a table", 2) end
+  for k, v in pairs(opts or {}) do
+    if M.config[k] == nil then error("kaifang.ngx.init: " .. require("kaifang.client").unknown("option", k, M.config), 2) end
+    if type(v) ~= "string" or v == "" then error("kaifang.ngx.init: option '" .. tostring(k) .. "' must be a dict name", 2) end
+    M.config[k] = v
   end
   for _, name in ipairs(M.modules) do require(name) end
   package.path = M.pin_path(package.path)
@@ -256,13 +272,124 @@ local LABEL = {
   lingdian_callback = "Lingdian callback",
 }
 
-local function allowed(list, addr)
-  if not list then return true end
-  for _, a in ipairs(list) do
-    if a == addr then return true end
+---------------------------------------------------------------------------- allow lists
+
+-- An address as its bytes (4 for IPv4, 16 for IPv6; an IPv4-mapped IPv6 address as IPv4), or nil.
+local function ip_bytes(a)
+  if type(a) ~= "string" then return nil end
+  local o = { a:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$") }
+  if #o == 4 then
+    for i = 1, 4 do
+      o[i] = tonumber(o[i])
+      if o[i] > 255 then return nil end
+    end
+    return o
   end
-  return false
+  if not a:find(":", 1, true) or a:find("[^%x:%.]") then return nil end
+  local tail4 = {}
+  local v4 = a:match(":(%d+%.%d+%.%d+%.%d+)$")
+  if v4 then
+    tail4 = ip_bytes(v4)
+    if not tail4 then return nil end
+    a = a:sub(1, #a - #v4) .. "0:0" -- two groups in its place
+  end
+  local head, rest = a:match("^(.-)::(.*)$")
+  local function groups(part)
+    local g = {}
+    if part == "" then return g end
+    for x in (part .. ":"):gmatch("([^:]*):") do
+      if not x:match("^%x%x?%x?%x?$") then return nil end
+      g[#g + 1] = tonumber(x, 16)
+    end
+    return g
+  end
+  local gs
+  if head then
+    local h, r = groups(head), groups(rest)
+    if not h or not r or #h + #r > 7 then return nil end
+    gs = h
+    for _ = 1, 8 - #h - #r do gs[#gs + 1] = 0 end
+    for _, x in ipairs(r) do gs[#gs + 1] = x end
+  else
+    gs = groups(a)
+    if not gs or #gs ~= 8 then return nil end
+  end
+  local b = {}
+  for i, g in ipairs(gs) do b[2 * i - 1], b[2 * i] = math.floor(g / 256), g % 256 end
+  if v4 then for i = 1, 4 do b[12 + i] = tail4[i] end end
+  local mapped = b[11] == 255 and b[12] == 255
+  for i = 1, 10 do mapped = mapped and b[i] == 0 end
+  if mapped then return { b[13], b[14], b[15], b[16] } end
+  return b
 end
+
+-- "addr" or "addr/bits" -> { bytes, bits } | nil
+local function cidr(entry)
+  local addr, bits = entry:match("^([^/]+)/(%d+)$")
+  addr = addr or entry
+  local b = ip_bytes(addr)
+  if not b then return nil end
+  bits = bits and tonumber(bits) or #b * 8
+  if bits > #b * 8 then return nil end
+  return { bytes = b, bits = bits }
+end
+
+local function in_range(r, b)
+  if #b ~= #r.bytes then return false end
+  local bits = r.bits
+  for i = 1, #b do
+    if bits >= 8 then
+      if b[i] ~= r.bytes[i] then return false end
+      bits = bits - 8
+    elseif bits == 0 then
+      return true
+    else
+      local d = 2 ^ (8 - bits)
+      return math.floor(b[i] / d) == math.floor(r.bytes[i] / d)
+    end
+  end
+  return true
+end
+
+local compiled = setmetatable({}, { __mode = "k" })
+
+-- allow -> matcher(addr) -> boolean | nil, message. allow: "any", a list of addresses and CIDR
+-- ranges, or the same as one string separated by commas or spaces.
+function M.allow_list(allow)
+  if allow == "any" then return function() return true end end
+  local hit = type(allow) == "table" and compiled[allow]
+  if hit then return hit end
+  local entries = {}
+  if type(allow) == "string" then
+    for e in allow:gmatch("[^,%s]+") do entries[#entries + 1] = e end
+  elseif type(allow) == "table" then
+    for i, e in ipairs(allow) do
+      if type(e) ~= "string" then return nil, ("allow[%d] is a %s, not an address"):format(i, type(e)) end
+      entries[#entries + 1] = e
+    end
+  else
+    return nil, "allow must be a list of addresses and CIDR ranges, or \"any\""
+  end
+  if #entries == 0 then return nil, "allow lists no address" end
+  local ranges = {}
+  for i, e in ipairs(entries) do
+    ranges[i] = cidr(e)
+    if not ranges[i] then return nil, ("allow: %q is not an IPv4 or IPv6 address or CIDR range"):format(e) end
+  end
+  local function match(addr)
+    local b = ip_bytes(addr)
+    if not b then return false end
+    for _, r in ipairs(ranges) do
+      if in_range(r, b) then return true end
+    end
+    return false
+  end
+  if type(allow) == "table" then compiled[allow] = match end
+  return match
+end
+
+-- Which handlers need `allow` (the callbacks nothing signs).
+M.unsigned = { dakashi_callback = true }
 
 -- Whether fn's results mean the callback was taken: anything but a raise, false, or nil plus an error.
 local function taken(ok, r1, r2)
@@ -283,14 +410,29 @@ function M.process(kind, client, req, fn, opts)
   local platform, label = PLATFORM[kind], LABEL[kind]
   local log = opts.log or function() end
   local who = req.remote_addr or "?"
+  local tag = ("kaifang.ngx.%s (%s)"):format(kind, platform)
 
   -- reason goes to the log; public (default: reason) into the platform's failure reply
   local function refuse(reason, public)
-    log("warn", ("kaifang.ngx: refused %s from %s: %s"):format(label, who, reason))
+    log("warn", ("%s: refused a %s from %s: %s"):format(tag, label, who, reason))
     return replies.fail(public or reason)
   end
 
-  if not allowed(opts.allow, req.remote_addr) then return refuse("address not allowed") end
+  -- not the platform: a 403 in JSON, whatever the platform's own replies look like
+  local function forbidden(level, reason)
+    log(level, ("%s: refused a %s from %s: %s"):format(tag, label, who, reason))
+    return json(403, '{"error":"forbidden","message":' .. json_string(reason) .. "}")
+  end
+  local allow = opts.allow
+  if allow == nil and M.unsigned[kind] then
+    return forbidden("err", "no `allow` given, and this callback carries no signature: give the platform's addresses "
+      .. "(allow = { \"203.0.113.0/24\", ... }) or allow = \"any\"")
+  end
+  if allow ~= nil then
+    local match, why = M.allow_list(allow)
+    if not match then return forbidden("err", why) end
+    if not match(req.remote_addr) then return forbidden("warn", "address not allowed") end
+  end
   if kind ~= "yopoint_pay" and req.method ~= "POST" then return refuse("method " .. tostring(req.method) .. " (expected POST)") end
   if kind == "yopoint_pay" and req.method ~= "GET" and req.method ~= "HEAD" then
     return refuse("method " .. tostring(req.method) .. " (expected GET)")
@@ -302,9 +444,16 @@ function M.process(kind, client, req, fn, opts)
   local seen, ttl = opts.seen, opts.dedupe_ttl or 900
   local ctx = { platform = platform, kind = kind, remote_addr = req.remote_addr }
   if seen and key then
-    local state = seen.claim(key, ttl)
-    if state == "done" then
-      log("info", ("kaifang.ngx: %s from %s already taken; answered again without calling the handler"):format(label, who))
+    -- one endpoint's marks never answer for another's: the handler, its account, its location
+    local account = opts.account or (type(client) == "table" and client.account) or ""
+    key = table.concat({ kind, tostring(account), req.path or "", key }, "|")
+    local state, err = seen.claim(key, ttl)
+    if state == nil then
+      log("err", ("%s: %s: the callback cannot be marked as taken, so it is refused (the platform sends it again)")
+        :format(tag, tostring(err)))
+      return replies.fail("try again later")
+    elseif state == "done" then
+      log("info", ("%s: a %s from %s already taken; answered again without calling the handler"):format(tag, label, who))
       return replies.ok()
     elseif state == "busy" then
       return refuse("the same callback is being handled")
@@ -317,7 +466,7 @@ function M.process(kind, client, req, fn, opts)
     -- raising or returning nil, err gives the failure page.
     local ok, r1, r2 = pcall(fn, event, ctx)
     if not ok or (r1 == nil and r2 ~= nil) or r1 == false then
-      log("err", ("kaifang.ngx: %s handler failed: %s"):format(label, tostring(ok and r2 or r1)))
+      log("err", ("%s: the handler failed: %s"):format(tag, tostring(ok and r2 or r1)))
       return replies.fail()
     end
     if type(r1) == "string" then return { status = 302, headers = { Location = r1 }, body = "" } end
@@ -325,30 +474,58 @@ function M.process(kind, client, req, fn, opts)
     return nil
   end
 
+  local stop = seen and key and seen.keep and seen.keep(key) -- the "busy" mark lasts while fn runs
   local ok, why = taken(pcall(fn, event, ctx))
+  if stop then stop() end
   if not ok then
     if seen and key then seen.forget(key) end
-    log("err", ("kaifang.ngx: %s handler failed: %s"):format(label, why))
+    log("err", ("%s: the handler failed: %s"):format(tag, why))
     return replies.fail("handler failed")
   end
-  if seen and key then seen.done(key, ttl) end
+  if seen and key then
+    local marked, err = seen.done(key, ttl)
+    if not marked then
+      log("err", ("%s: taken, but not remembered as taken (%s): a repeat will reach the handler again"):format(tag, tostring(err)))
+    end
+  end
   return replies.ok()
 end
 
 ---------------------------------------------------------------------------- nginx glue
 
--- The repeat memory on a lua_shared_dict: "busy" while a handler runs (60 s at most), then "done".
-function M.seen_on(dict)
+-- How long a "busy" mark lasts, and how often it is renewed while its handler runs: a worker that
+-- dies mid-handler leaves the callback blocked for BUSY_TTL at most.
+M.BUSY_TTL, M.BUSY_RENEW = 30, 10
+
+-- The repeat memory on a lua_shared_dict (name: for messages): "busy" while a handler runs
+-- (renewed by keep), then "done" for the dedupe ttl. Every write is safe_add / safe_set (nothing
+-- evicted to make room), so a full dict is an error the handler reports, never a lost mark.
+function M.seen_on(dict, name)
   local prefix = "\1seen:"
+  local me, write = { dict = dict, name = name or "?" }, require("kaifang.store.ngx_shared").write
   return {
-    claim = function(key, ttl)
-      local ok, err = dict:add(prefix .. key, "busy", 60)
+    claim = function(key)
+      local ok, err = write(me, "add", prefix .. key, "busy", M.BUSY_TTL)
       if ok then return "new" end
-      if err ~= "exists" then return "new" end -- a full dict must not stop callbacks
+      if ok == nil then return nil, err end
       return dict:get(prefix .. key) == "done" and "done" or "busy"
     end,
-    done = function(key, ttl) dict:set(prefix .. key, "done", ttl) end,
+    done = function(key, ttl) return write(me, "set", prefix .. key, "done", ttl) end,
     forget = function(key) dict:delete(prefix .. key) end,
+    -- renews the busy mark from a light thread while the handler runs -> stop() | nil
+    keep = function(key)
+      local ngx = require("kaifang.transport").ngx()
+      local phase = require("kaifang.transport").phase()
+      if not (ngx and ngx.thread and require("kaifang.transport").yielding_phases[phase]) then return nil end
+      local th = ngx.thread.spawn(function()
+        while true do
+          ngx.sleep(M.BUSY_RENEW)
+          if dict:get(prefix .. key) ~= "busy" then return end
+          write(me, "set", prefix .. key, "busy", M.BUSY_TTL)
+        end
+      end)
+      return function() ngx.thread.kill(th) end
+    end,
   }
 end
 
@@ -374,6 +551,7 @@ local function ngx_request()
     body = body or "",
     query = ngx.var.args or "",
     remote_addr = ngx.var.remote_addr,
+    path = ngx.var.uri,
   }
 end
 
@@ -385,36 +563,171 @@ local function send(res)
   return ngx.exit(ngx.status)
 end
 
-local LEVELS = { warn = "WARN", err = "ERR", info = "INFO" }
+local LEVELS = { warn = "WARN", err = "ERR", info = "INFO", notice = "NOTICE" }
+
+-- A line in nginx's error log as it is: ngx.errlog.raw_log (lua-resty-core) leaves out the
+-- "[lua] ngx.lua:349: log():" that ngx.log puts in front, which names this file, not the problem;
+-- the message names the handler and the platform itself.
+function M.log(level, msg)
+  local ngx = ngx
+  local ok, errlog = pcall(require, "ngx.errlog")
+  if ok and type(errlog) == "table" and errlog.raw_log then
+    local lok = pcall(errlog.raw_log, level, msg)
+    if lok then return end
+  end
+  ngx.log(level, msg)
+end
+
+local once = {} -- what this worker has said already
+
+local function say_once(what, level, msg)
+  if once[what] then return end
+  once[what] = true
+  M.log(level, msg)
+end
 
 local function handle(kind, client, fn, opts, level)
   opts = opts or {}
   if type(fn) ~= "function" then error("kaifang.ngx." .. kind .. ": expects your handler function", level) end
   local ngx = ngx
-  local dict = opts.dict
-  if dict == nil then
-    dict = ngx.shared.kaifang
-  elseif dict then
-    local name = dict
-    dict = ngx.shared[name]
-    if not dict then
-      ngx.log(ngx.ERR, "kaifang.ngx: no lua_shared_dict '", tostring(name), "' (add `lua_shared_dict ", tostring(name),
-        " 1m;` to http {}); repeated callbacks reach the handler again")
-    end
+  local name = opts.dict
+  if name == nil then name = M.config.callbacks_dict end
+  local dict = name and ngx.shared[name]
+  if name and not dict then
+    say_once("dict:" .. name, ngx.ERR, ("kaifang.ngx.%s (%s): no lua_shared_dict '%s' (add `lua_shared_dict %s 1m;` to "
+      .. "http {}); callbacks the platform repeats reach the handler again"):format(kind, PLATFORM[kind], tostring(name), tostring(name)))
+  end
+  if opts.allow == "any" then
+    say_once("any:" .. kind, ngx.WARN, ("kaifang.ngx.%s (%s): allow = \"any\": callbacks are taken from every address")
+      :format(kind, PLATFORM[kind]))
   end
   local o = {}
   for k, v in pairs(opts) do o[k] = v end
-  o.seen = dict and M.seen_on(dict) or nil
-  o.log = function(lvl, msg)
-    local l = (lvl == "warn" and opts.log_level) or ngx[LEVELS[lvl] or "WARN"]
-    ngx.log(l, msg)
-  end
+  o.seen = dict and M.seen_on(dict, name) or nil
+  o.log = function(lvl, msg) M.log((lvl == "warn" and opts.log_level) or ngx[LEVELS[lvl] or "WARN"], msg) end
   local ok, res = pcall(function() return M.process(kind, client, ngx_request(), fn, o) end)
   if not ok then
-    ngx.log(ngx.ERR, "kaifang.ngx: ", kind, ": ", tostring(res))
+    M.log(ngx.ERR, ("kaifang.ngx.%s (%s): %s"):format(kind, PLATFORM[kind], tostring(res)))
     res = M.replies[kind].fail("internal error")
   end
   if res then return send(res) end
+end
+
+---------------------------------------------------------------------------- check
+
+-- kaifang.ngx.check{ ... } -> true | false, problems (a list of messages)
+-- What a misconfigured nginx would otherwise show at the first request, as one error-log line per
+-- problem, at start: call it from init_worker_by_lua* (where it logs from worker 0 only) or from a
+-- request. Options (all optional):
+--   thread_pool   the pool to probe (default "kaifang"; false: none), besides the clients' pools
+--   clients       a list of your clients: each one's thread pool is probed, and a blocking
+--                 transport (transport = "curl") is a problem
+--   env           platforms whose KAIFANG_* credentials must be in nginx's environment
+--                 (nginx passes only what its `env` directives name), e.g. { "lingdian", "zafu" }
+--   handlers      { dakashi_callback = opts, ... }: the options you give each handler (allow, dict)
+-- The shared dict (M.config.dict) must exist when nginx runs more than one worker, and the
+-- callbacks' dict when handlers are given. The thread pool probe is a call to
+-- ngx.run_worker_thread, which only rewrite, access, content and timers may make: from
+-- init_worker it runs in an ngx.timer at once and logs what it finds; from init_by_lua it cannot
+-- run at all, and is left out (with a notice).
+function M.check(opts)
+  opts = opts or {}
+  if type(opts) ~= "table" then error("kaifang.ngx.check: its options must be a table", 2) end
+  local known = { thread_pool = true, clients = true, env = true, handlers = true }
+  for k in pairs(opts) do
+    if not known[k] then error("kaifang.ngx.check: " .. require("kaifang.client").unknown("option", k, known), 2) end
+  end
+  local transport = require("kaifang.transport")
+  local ngx = transport.ngx()
+  if not ngx then error("kaifang.ngx.check: runs inside nginx only", 2) end
+  local phase = transport.phase()
+  local quiet = phase == "init_worker" and ngx.worker.id() ~= 0 -- one line per problem, not one per worker
+  local problems = {}
+  local function problem(msg)
+    problems[#problems + 1] = msg
+    if not quiet then M.log(ngx.ERR, "kaifang.ngx.check: " .. msg) end
+  end
+  local function notice(msg) if not quiet then M.log(ngx.WARN, "kaifang.ngx.check: " .. msg) end end
+
+  local workers = ngx.worker.count()
+  local d = M.config.dict
+  if not ngx.shared[d] and workers > 1 then
+    problem(("no lua_shared_dict '%s', and nginx runs %d workers: each would keep its own ZAFU token (knocking out "
+      .. "the others') and its own rate limits; add `lua_shared_dict %s 1m;` to http {}"):format(d, workers, d))
+  end
+
+  -- handlers' options
+  if opts.handlers ~= nil and type(opts.handlers) ~= "table" then error("kaifang.ngx.check: option 'handlers' must be a table", 2) end
+  for kind, hopts in pairs(opts.handlers or {}) do
+    if not M.replies[kind] then error("kaifang.ngx.check: handlers: " .. require("kaifang.client").unknown("handler", kind, M.replies), 2) end
+    if type(hopts) ~= "table" then error("kaifang.ngx.check: handlers." .. kind .. " must be its options table", 2) end
+    local tag = ("kaifang.ngx.%s (%s)"):format(kind, PLATFORM[kind])
+    if hopts.allow == nil and M.unsigned[kind] then
+      problem(tag .. ": no `allow`: its callbacks carry no signature, so every one is refused with 403; give the "
+        .. "platform's addresses or CIDR ranges, or allow = \"any\"")
+    elseif hopts.allow == "any" then
+      notice(tag .. ": allow = \"any\": callbacks are taken from every address")
+    elseif hopts.allow ~= nil then
+      local match, why = M.allow_list(hopts.allow)
+      if not match then problem(tag .. ": " .. why) end
+    end
+    local name = hopts.dict
+    if name == nil then name = M.config.callbacks_dict end
+    if name and not ngx.shared[name] then
+      problem(("%s: no lua_shared_dict '%s' for the callbacks' repeat marks: callbacks the platform repeats reach the "
+        .. "handler again; add `lua_shared_dict %s 1m;` to http {} (or dict = false)"):format(tag, name, name))
+    end
+  end
+
+  -- credentials
+  local spec = require("kaifang.cli.config").SPEC
+  for _, platform in ipairs(opts.env or {}) do
+    if not spec[platform] then error("kaifang.ngx.check: env: " .. require("kaifang.client").unknown("platform", platform, spec), 2) end
+    for _, o in ipairs(spec[platform].options) do
+      local v = os.getenv(o[2])
+      if not o.optional and (v == nil or v == "") then
+        problem(("%s is not set in nginx's environment (nginx passes only what an `env %s;` line in the main context "
+          .. "names): %s calls will fail"):format(o[2], o[2], platform))
+      end
+    end
+  end
+
+  -- clients and thread pools
+  local pools = {}
+  if opts.thread_pool ~= false then pools[opts.thread_pool or require("kaifang.transport.ngx_thread").default_pool] = true end
+  for i, c in ipairs(opts.clients or {}) do
+    local t = type(c) == "table" and c.transport
+    if tostring(t) == "kaifang.transport.curl" then
+      problem(("clients[%d] (%s) uses transport \"curl\", which blocks the worker in a request: leave its transport "
+        .. "option unset (the thread pool) or choose \"resty_http\""):format(i, tostring(c.platform)))
+    elseif type(t) == "table" and type(t.pool) == "string" then
+      pools[t.pool] = true
+    end
+  end
+  local function probe(pool)
+    local ok, done, err = pcall(ngx.run_worker_thread, pool, "kaifang.transport.ngx_thread", "stats")
+    if ok and done then return end
+    local msg = tostring(ok and err or done)
+    if msg:find("not found", 1, true) and msg:find("pool", 1, true) then
+      problem(("nginx has no thread pool '%s' for kaifang's calls: add `thread_pool %s threads=32;` to the main "
+        .. "context of nginx.conf (outside http {})"):format(pool, pool))
+    else
+      problem(("the thread pool '%s' cannot run kaifang: %s (lua_package_path / lua_package_cpath as nginx's worker "
+        .. "user sees them; call require(\"kaifang.ngx\").init() in init_by_lua*)"):format(pool, msg:match("^[^\n]*")))
+    end
+  end
+  for pool in pairs(pools) do
+    if transport.yielding_phases[phase] then
+      probe(pool)
+    elseif phase == "init_worker" then
+      if not quiet then ngx.timer.at(0, function() probe(pool) end) end
+    else
+      notice(("thread pool '%s' not checked: ngx.run_worker_thread cannot run in nginx's '%s' phase (call "
+        .. "kaifang.ngx.check from init_worker_by_lua*)"):format(pool, tostring(phase)))
+    end
+  end
+  if #problems > 0 then return false, problems end
+  return true
 end
 
 -- Yopoint's async notice to the operator (order sync): a form (or JSON) POST signed with the app
@@ -426,8 +739,8 @@ function M.yopoint_notify(yp, fn, opts) return handle("yopoint_notify", yp, fn, 
 -- fails verification gets 403 "invalid payment request".
 function M.yopoint_pay(yp, fn, opts) return handle("yopoint_pay", yp, fn, opts, 2) end
 
--- Dakashi's recharge (action_type 1) and on/off (2) callbacks: JSON, unsigned, so give `allow`
--- (the platform's addresses) where you can -> fn(callback, ctx), callback as
+-- Dakashi's recharge (action_type 1) and on/off (2) callbacks: JSON, unsigned, so `allow` (the
+-- platform's addresses or ranges) is required, or allow = "any" -> fn(callback, ctx), callback as
 -- kaifang.dakashi.parse_callback returns it. Answers {"errcode":0,"errmsg":"success"}, else the
 -- platform sends it again (three times).
 function M.dakashi_callback(fn, opts) return handle("dakashi_callback", nil, fn, opts, 2) end

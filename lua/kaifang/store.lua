@@ -472,4 +472,28 @@ end
 -- Loaded on first use: it runs inside nginx only.
 function M.ngx_shared(name, opts) return require("kaifang.store.ngx_shared").new(name, opts) end
 
+-- The store a client uses when given none (ZAFU's token, a shared rate): inside nginx, the
+-- workers' lua_shared_dict (kaifang.ngx.config.dict, "kaifang") when nginx has it, so that every
+-- worker shares one token and one rate; anywhere else one memory store per process.
+-- -> store | nil, message: nginx runs several workers and has no such dict (each worker would
+-- fetch its own token and knock out the others').
+local defaults = {}
+function M.default()
+  local ngx = require("kaifang.transport").ngx()
+  if ngx then
+    local name = require("kaifang.ngx").config.dict
+    if ngx.shared and ngx.shared[name] then
+      defaults[name] = defaults[name] or M.ngx_shared(name)
+      return defaults[name]
+    end
+    local ok, workers = pcall(function() return ngx.worker.count() end)
+    if ok and type(workers) == "number" and workers > 1 then
+      return nil, ("nginx runs %d workers and has no lua_shared_dict '%s' for their shared state: add "
+        .. "`lua_shared_dict %s 1m;` to http {}, or give a store"):format(workers, name, name)
+    end
+  end
+  defaults.memory = defaults.memory or M.memory()
+  return defaults.memory
+end
+
 return M

@@ -111,9 +111,6 @@ local TOKEN_EP = { name = "access_token", path = "/oauth/token", acts = true }
 local AES_MODES = { ecb = true, cbc = true }
 local AES_ENCODINGS = { base64 = true, hex = true, HEX = true }
 
--- The default store: one per process, shared by every client in it.
-local default_store
-
 -- The tokens each client sent lately, to take out of text that comes back; kept out of the
 -- client table so that pairs() or an inspector never shows them.
 local recent = setmetatable({}, { __mode = "k" })
@@ -132,8 +129,9 @@ function M.new(opts)
 
   local ts = opts.token_store
   if ts == nil then
-    default_store = default_store or store.memory()
-    ts = default_store
+    local why
+    ts, why = store.default() -- inside nginx the shared dict, else one memory store per process
+    if not ts then opt_fail("option 'token_store' unset: " .. why) end
   else
     local msg = store.check(ts)
     if msg then opt_fail("option 'token_store': " .. msg) end

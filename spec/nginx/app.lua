@@ -36,20 +36,29 @@ function M.client(platform, transport, extra)
   local opts = { base_url = env.sandbox, timeout = 5, transport = transport }
   for k, v in pairs(env.credentials[platform] or {}) do opts[k] = v end
   for k, v in pairs(extra or {}) do opts[k] = v end
-  if platform == "zafu" then
-    opts.token_store = kaifang.store.ngx_shared("kaifang")
-    opts.sleep = require("kaifang.transport").sleep
-  end
-  c = kaifang[platform].new(opts)
+  c = kaifang[platform].new(opts) -- ZAFU: the default token store, which inside nginx is the shared dict
   clients[id] = c
   return c
 end
 
 function M.init()
   kngx.init() -- kaifang loaded once in the master (the workers inherit it), its paths held open
+  if env.zafu_in_init then kaifang.zafu.new(env.credentials.zafu) end -- what a misconfiguration refuses at start
 end
 
 function M.init_worker()
+  if env.check then
+    -- check's options as the spec gives them; "clients" names platforms, made here with their transport
+    local o = {}
+    for k, v in pairs(env.check) do o[k] = v end
+    if o.clients then
+      local list = {}
+      for i, spec in ipairs(o.clients) do list[i] = M.client(spec[1], spec[2]) end
+      o.clients = list
+    end
+    local ok, problems = kngx.check(o)
+    ngx.shared.spec:set("check:" .. ngx.worker.pid(), cjson.encode({ ok = ok, problems = problems or {} }))
+  end
   if env.zafu_at_start then
     -- every worker needs the ZAFU token at once, as after a restart: one fetch must serve them all
     ngx.timer.at(0, function()
@@ -206,8 +215,9 @@ function M.zafu_report()
 end
 
 function M.zafu_call()
-  local res, err = M.client("zafu"):menu_list()
-  return reply(200, { pid = ngx.worker.pid(), ok = res ~= nil, err = err and plain(err) })
+  local z = M.client("zafu")
+  local res, err = z:menu_list()
+  return reply(200, { pid = ngx.worker.pid(), ok = res ~= nil, err = err and plain(err), store = tostring(z.token_store) })
 end
 
 ---------------------------------------------------------------------------- the shared-dict store
@@ -251,6 +261,79 @@ function M.take()
   return reply(200, { waits = waits, refused = refused == nil, over = over })
 end
 
+-- GET /zafu/new: whether a ZAFU client with the default store can be made here, and why not.
+function M.zafu_new()
+  local ok, z = pcall(kaifang.zafu.new, env.credentials.zafu)
+  return reply(200, { ok = ok, store = ok and tostring(z.token_store) or nil, message = not ok and tostring(z) or nil })
+end
+
+-- GET /mutex: the shared store's mutex, taken here, then released by a token that does not hold it.
+function M.mutex()
+  local st = kaifang.store.ngx_shared("kaifang")
+  local key = "spec:mutex:" .. ngx.worker.pid() .. ":" .. math.random(1e9)
+  local token = st:mutex(key)
+  local r = { took = token ~= nil, ttl = ngx.shared.kaifang:ttl("\1mu:" .. key) }
+  r.release_other = st:release(key, "0123456789abcdef")
+  r.still_held = ngx.shared.kaifang:get("\1mu:" .. key) == token
+  r.release_holder = st:release(key, token)
+  r.free = ngx.shared.kaifang:get("\1mu:" .. key) == nil
+  return reply(200, r)
+end
+
+-- GET /busy: one Dakashi callback whose handler runs 1.5 s, with a busy mark of 0.5 s renewed every
+-- 0.2 s; the same callback again at 1 s (still being handled), and after the first is done.
+function M.busy()
+  kngx.BUSY_TTL, kngx.BUSY_RENEW = 0.5, 0.2
+  local opts = { allow = "any", seen = kngx.seen_on(ngx.shared.kaifang_callbacks, "kaifang_callbacks"), log = function() end }
+  local body = '{"action_type":2,"serial_no":"busy-' .. ngx.now() .. '-' .. math.random(1e9) .. '","status":"on"}'
+  local calls = 0
+  local function deliver(work)
+    local req = { method = "POST", headers = {}, query = "", remote_addr = "198.51.100.7", path = "/cb/busy", body = body }
+    local res = kngx.process("dakashi_callback", nil, req, function() calls = calls + 1 ngx.sleep(work) end, opts)
+    return cjson.decode(res.body).errmsg
+  end
+  local first = ngx.thread.spawn(deliver, 1.5)
+  ngx.sleep(1)
+  local during = deliver(0)
+  local _, first_answer = ngx.thread.wait(first)
+  local after = deliver(0)
+  kngx.BUSY_TTL, kngx.BUSY_RENEW = 30, 10
+  return reply(200, { first = first_answer, during = during, after = after, calls = calls })
+end
+
+-- GET /flood?n=200000: n forged Dakashi callbacks, each body different (so each one is a new mark),
+-- through kaifang.ngx.process as the handler runs them, with the callbacks' dict; the ZAFU token
+-- and a held lock, in the state dict, before and after.
+function M.flood()
+  local n = tonumber(ngx.var.arg_n) or 200000
+  local z = M.client("zafu")
+  local st = z.token_store
+  assert(z:access_token())
+  local token = st:get(z.token_key)
+  local lock = "spec:flood:lock"
+  assert(st:lock(lock, "holder", 600))
+  local counts = { taken = 0, refused = 0, logged_err = 0 }
+  local opts = { allow = "any", seen = kngx.seen_on(ngx.shared.kaifang_callbacks, "kaifang_callbacks"),
+                 log = function(level) if level == "err" then counts.logged_err = counts.logged_err + 1 end end }
+  ngx.update_time()
+  local started = ngx.now()
+  for i = 1, n do
+    local req = { method = "POST", headers = {}, query = "", remote_addr = "198.51.100.7", path = "/cb/dakashi",
+                  body = '{"action_type":2,"serial_no":"' .. i .. '","status":"on"}' }
+    local res = kngx.process("dakashi_callback", nil, req, function() end, opts)
+    if res.body == kaifang.dakashi.callback_reply then counts.taken = counts.taken + 1 else counts.refused = counts.refused + 1 end
+  end
+  ngx.update_time()
+  local res, err = z:menu_list()
+  return reply(200, {
+    n = n, counts = counts, elapsed = ngx.now() - started, store = tostring(st),
+    token_kept = token ~= nil and st:get(z.token_key) == token,
+    lock_held = st:lock(lock, "someone else", 1) == false,
+    unlocked = st:unlock(lock, "holder"),
+    zafu_after = res ~= nil, zafu_err = err and tostring(err),
+  })
+end
+
 ---------------------------------------------------------------------------- callbacks
 
 local function record(kind, event)
@@ -286,11 +369,15 @@ function M.dakashi()
     local ok, err = maybe_fail()
     if not ok then return ok, err end
     record("dakashi", { cb = cb, ctx = ctx })
-  end)
+  end, { allow = "any" })
 end
 
 function M.dakashi_allow()
-  return kngx.dakashi_callback(function(cb) record("dakashi_allow", cb) end, { allow = { "192.0.2.1" } })
+  return kngx.dakashi_callback(function(cb) record("dakashi_allow", cb) end, { allow = { "192.0.2.1", "2001:db8::/32" } })
+end
+
+function M.dakashi_cidr()
+  return kngx.dakashi_callback(function(cb) record("dakashi_cidr", cb) end, { allow = { "192.0.2.0/24", "127.0.0.0/29" } })
 end
 
 function M.lingdian()

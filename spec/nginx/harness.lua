@@ -114,7 +114,8 @@ end
 M.alive = alive
 
 -- opts: conf (template path), workers (1), env (table written to <prefix>/spec_env.lua), extra
--- substitutions { NAME = text }.
+-- substitutions { NAME = text } (over the defaults below: THREAD_POOL, STATE_DICT), shell_env
+-- (variables for nginx's process: { NAME = value }).
 function M.start(opts)
   local nginx, modules = M.find()
   if not nginx then error(modules, 2) end
@@ -130,6 +131,7 @@ function M.start(opts)
   local subst = {
     MODULES = modules, PREFIX = prefix, ROOT = M.ROOT, LUAJIT = M.LUAJIT, PORT = tostring(port),
     WORKERS = tostring(opts.workers or 1), USER = is_root and "user root;" or "",
+    THREAD_POOL = "thread_pool kaifang threads=32;\nthread_pool kaifang_small threads=2;", STATE_DICT = "lua_shared_dict kaifang 1m;",
   }
   for k, v in pairs(opts.extra or {}) do subst[k] = v end
   local template = read(opts.conf)
@@ -147,8 +149,10 @@ function M.start(opts)
   local env = {}
   for k, v in pairs(opts.env or {}) do env[k] = v end
   write(prefix .. "/spec_env.lua", "return " .. lua_literal(env) .. "\n")
+  local words = {}
+  for k, v in pairs(opts.shell_env or {}) do words[#words + 1] = k .. "=" .. q(v) end
   return M.launch{ nginx = nginx, prefix = prefix, port = port, conf = prefix .. "/conf/nginx.conf",
-                   log = prefix .. "/logs/error.log", cleanup = prefix }
+                   log = prefix .. "/logs/error.log", cleanup = prefix, shell_env = table.concat(words, " ") }
 end
 
 -- examples/openresty as written, in a copy beside links to lua/ and build/ (so that its
@@ -221,6 +225,17 @@ function M.launch(o)
 end
 
 function Nginx:log() return read(self.logfile) or "" end
+
+-- Waits (up to timeout seconds) until the error log holds `text` (plain) -> the log | nil
+function Nginx:wait_log(text, timeout)
+  local deadline = core.monotonic() + (timeout or 5)
+  while true do
+    local log = self:log()
+    if log:find(text, 1, true) then return log end
+    if core.monotonic() > deadline then return nil end
+    core.sleep(0.05)
+  end
+end
 
 -- One request on a fresh session -> status, body, headers (a decoded JSON body as a 4th value).
 function Nginx:request(method, path, body, headers)

@@ -37,13 +37,14 @@ M.yielding_phases = { rewrite = true, server_rewrite = true, access = true, cont
 
 -- Raises a clear error when a blocking call would freeze an nginx worker's event loop: inside
 -- nginx, blocking is fine only while the configuration loads ("init", before any request) and
--- in a worker thread's own VM (which reports "init" too).
-function M.assert_may_block(what, level)
+-- in a worker thread's own VM (which reports "init" too). advice: what to do instead (default:
+-- what a client's transport option should be).
+function M.assert_may_block(what, level, advice)
   local phase = M.phase()
   if phase ~= nil and phase ~= "init" then
-    error(("kaifang: %s would block this nginx worker (phase '%s'); leave the client's "
-      .. "'transport' option unset inside nginx (it then runs in the nginx thread pool), or choose "
-      .. "transport = \"ngx_thread\" or \"resty_http\""):format(what or "a blocking HTTP call", phase), (level or 1) + 1)
+    error(("kaifang: %s would block this nginx worker (phase '%s'); %s"):format(what or "a blocking HTTP call", phase,
+      advice or ("leave the client's 'transport' option unset inside nginx (it then runs in the nginx thread pool), "
+        .. "or choose transport = \"ngx_thread\" or \"resty_http\"")), (level or 1) + 1)
   end
 end
 
