@@ -143,7 +143,9 @@ for _ = 1, ROUNDS do
 end
 
 local perf_note
-if os.getenv("PERF") then
+if os.getenv("PERF") and not select(2, sh("command -v perf")) then
+  perf_note = "no profile: perf is not installed (Debian's linux-perf)"
+elseif os.getenv("PERF") then
   local data = OUT .. "/perf.data"
   local opts = os.getenv("PERF") == "1" and "-g" or os.getenv("PERF")
   local rec = assert(io.popen(("perf record %s -o %s -p %d -- sleep %d 2>&1"):format(opts, data, worker, SECONDS)))
