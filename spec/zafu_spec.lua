@@ -681,6 +681,25 @@ describe("kaifang.zafu token handling", function()
     assert.equal(0, #t.sent)
   end)
 
+  it("fails the call, naming the store, when the fetched token cannot be stored", function()
+    local shared = store.memory()
+    local full = setmetatable({ set = function() return nil, { code = "no_memory", message = "dict full" } end },
+      { __index = function(_, k) return function(_, ...) return shared[k](shared, ...) end end,
+        __tostring = function() return "fullstore" end })
+    local t = fake(function(req, self)
+      if is_token_request(req) then return token_reply(self) end
+      return 200, OK_RESULT
+    end)
+    local z = new({ transport = t, token_store = full })
+    local res, err = z:menu_list()
+    assert.is_nil(res)
+    assert.equal("store", err.kind)
+    assert.equal("no_memory", err.code)
+    assert.matches("could not store it in fullstore %(dict full%)", err.message)
+    assert.equal(1, #t.sent) -- the token fetch, and not the call
+    assert.is_nil(shared:get(z.token_key .. ":lock")) -- the lock is given back
+  end)
+
   it("returns the store's error when the store is down", function()
     local z = new({ token_store = store.redis({ port = 1, connect_timeout = 0.5 }), transport = fake(function() return 200, OK_RESULT end) })
     local res, err = z:menu_list()

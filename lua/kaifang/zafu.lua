@@ -323,8 +323,15 @@ function Zafu:token_record(deadline)
         return again
       end
       local fresh, ferr = self:fetch_token(deadline)
-      if fresh then st:set(key, fresh.raw, fresh.expires_in) end -- if the store fails, this call still has its token
+      local stored, serr = true, nil
+      if fresh then stored, serr = st:set(key, fresh.raw, fresh.expires_in) end
       st:unlock(lock_key, owner)
+      -- a token nobody else can see is one the next fetch kills: say so rather than ping-pong
+      if fresh and not stored then
+        return nil, self:error{ kind = "store", code = serr and serr.code or "store", retryable = true,
+          message = "fetched an access token but could not store it in " .. tostring(st) .. " ("
+            .. tostring(serr and serr.message or serr) .. "); the next fetch would invalidate it" }
+      end
       if fresh then return fresh end
       if usable then return rec end -- refreshing ahead failed; the current token still works
       return nil, ferr
