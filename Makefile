@@ -15,7 +15,7 @@ OUT         ?= build/lib
 
 CORE_SRC  := csrc/core.c csrc/sign.c csrc/crypto.c csrc/http.c csrc/store.c csrc/sqlite.c csrc/signals.c
 CORE_HDR  := csrc/compat.h csrc/sign.h csrc/crypto.h csrc/http.h csrc/store.h csrc/sqlite.h csrc/signals.h
-HTTPD_SRC := csrc/httpd.c
+HTTPD_SRC := csrc/httpd.c csrc/certs.c
 CORE_SO   := $(OUT)/kaifang/core.so
 HTTPD_SO  := $(OUT)/kaifang/sandbox/httpd.so
 
@@ -35,9 +35,12 @@ $(CORE_SO): $(CORE_SRC) $(CORE_HDR)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(KF_CFLAGS) $(LDSHARED) -o $@ $(CORE_SRC) -lcurl -lcrypto -lhiredis -lsqlite3
 
-$(HTTPD_SO): $(HTTPD_SRC) csrc/compat.h
+# HTTPS: libmicrohttpd's TLS is GnuTLS (libmicrohttpd-dev brings its headers); the certificates are
+# made with OpenSSL (certs.c).
+HTTPD_LIBS := -lmicrohttpd -lgnutls -lcrypto -lpthread
+$(HTTPD_SO): $(HTTPD_SRC) csrc/compat.h csrc/certs.h
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(KF_CFLAGS) $(LDSHARED) -o $@ $(HTTPD_SRC) -lmicrohttpd -lpthread
+	$(CC) $(CFLAGS) $(KF_CFLAGS) $(LDSHARED) -o $@ $(HTTPD_SRC) $(HTTPD_LIBS)
 
 # The same C modules against LuaJIT's headers (what nginx's lua module runs), into build/luajit.
 # libluajit2-5.1-dev (OpenResty's branch): libnginx-mod-http-lua needs it, and it conflicts with libluajit-5.1-dev.
@@ -112,9 +115,9 @@ build/fuzz/fuzz_form: fuzz/fuzz_form.c fuzz/common.h $(CORE_SRC) $(CORE_HDR)
 build/fuzz/fuzz_signer build/fuzz/fuzz_form:
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_CORE)
-build/fuzz/fuzz_httpd: fuzz/fuzz_httpd.c fuzz/common.h $(HTTPD_SRC) csrc/compat.h
+build/fuzz/fuzz_httpd: fuzz/fuzz_httpd.c fuzz/common.h $(HTTPD_SRC) csrc/compat.h csrc/certs.h
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(HTTPD_SRC) $(LUA_LIBS) -lmicrohttpd -lpthread
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(HTTPD_SRC) $(LUA_LIBS) $(HTTPD_LIBS)
 
 fuzz: $(FUZZERS:%=build/fuzz/fuzz_%)
 	@for f in $(FUZZERS); do \
@@ -162,6 +165,7 @@ bench: deps
 	$(LUA) bench/memory.lua
 	$(LUA) bench/journal.lua
 	$(LUA) bench/nginx.lua
+	$(LUA) bench/tls.lua
 
 # also what `luarocks make` leaves in the checkout
 clean:

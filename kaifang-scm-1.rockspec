@@ -23,6 +23,7 @@ external_dependencies = {
   CURL = { library = "curl" },
   OPENSSL = { header = "openssl/evp.h", library = "crypto" },
   MICROHTTPD = { header = "microhttpd.h", library = "microhttpd" },
+  GNUTLS = { header = "gnutls/gnutls.h", library = "gnutls" }, -- libmicrohttpd's TLS
   HIREDIS = { header = "hiredis/hiredis.h", library = "hiredis" },
   SQLITE = { header = "sqlite3.h", library = "sqlite3" },
 }
@@ -38,10 +39,10 @@ build = {
       defines = { "_POSIX_C_SOURCE=200809L" },
     },
     ["kaifang.sandbox.httpd"] = {
-      sources = { "csrc/httpd.c" },
-      incdirs = { "csrc", "$(MICROHTTPD_INCDIR)" },
-      libdirs = { "$(MICROHTTPD_LIBDIR)" },
-      libraries = { "microhttpd", "pthread" },
+      sources = { "csrc/httpd.c", "csrc/certs.c" },
+      incdirs = { "csrc", "$(MICROHTTPD_INCDIR)", "$(GNUTLS_INCDIR)", "$(OPENSSL_INCDIR)" },
+      libdirs = { "$(MICROHTTPD_LIBDIR)", "$(GNUTLS_LIBDIR)", "$(OPENSSL_LIBDIR)" },
+      libraries = { "microhttpd", "gnutls", "crypto", "pthread" },
       defines = { "_POSIX_C_SOURCE=200809L" },
     },
     ["kaifang"] = "lua/kaifang/init.lua",

@@ -485,12 +485,51 @@ static int read_http_opts(lua_State *L, kf_http_opts *o) {
   return 0;
 }
 
+/* This state's one userdata under key in the registry, made on first use (zeroed, collected with
+ * the state through gc). */
+static void *state_userdata(lua_State *L, const char *key, size_t size, lua_CFunction gc) {
+  void *p;
+  lua_getfield(L, LUA_REGISTRYINDEX, key);
+  p = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (p) return p;
+  p = kf_newuserdata(L, size);
+  memset(p, 0, size);
+  lua_newtable(L);
+  lua_pushcfunction(L, gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  lua_setfield(L, LUA_REGISTRYINDEX, key);
+  return p;
+}
+
+/* This Lua state's share (see http.h), made on first use and kept in the registry: one per state,
+ * so each of nginx's VMs (a worker's, each thread-pool VM) has its own, and no C global holds one. */
+#define SHARE_KEY "kaifang.core.share"
+typedef struct {
+  kf_share *s;
+} share_ud;
+
+static int share_gc(lua_State *L) {
+  share_ud *u = lua_touserdata(L, 1);
+  kf_share_release(u->s); /* the sessions and batches still open hold their own references */
+  u->s = NULL;
+  return 0;
+}
+
+static kf_share *share_of(lua_State *L) {
+  share_ud *u = state_userdata(L, SHARE_KEY, sizeof *u, share_gc);
+  if (u->s == NULL && (u->s = kf_share_new()) == NULL) luaL_error(L, "kaifang.http: cannot make a curl share");
+  return u->s;
+}
+
 /* core.http{ ...options } -> session */
 static int l_http(lua_State *L) {
   kf_http_opts o;
   kf_http *h;
   char err[128];
   read_http_opts(L, &o);
+  o.share = share_of(L);
   h = kf_newuserdata(L, sizeof *h);
   memset(h, 0, sizeof *h);
   luaL_getmetatable(L, HTTP_MT);
@@ -690,6 +729,7 @@ static int l_multi(lua_State *L) {
   char err[128];
   int n, i;
   read_http_opts(L, &o);
+  o.share = share_of(L);
   lua_getfield(L, 1, "concurrency");
   n = (int)luaL_optinteger(L, -1, 32);
   lua_pop(L, 1);
@@ -785,19 +825,7 @@ static int pinset_gc(lua_State *L) {
 }
 
 static pinset *pinset_of(lua_State *L) {
-  pinset *set;
-  lua_getfield(L, LUA_REGISTRYINDEX, PINS_KEY);
-  set = lua_touserdata(L, -1);
-  lua_pop(L, 1);
-  if (set) return set;
-  set = kf_newuserdata(L, sizeof *set);
-  set->n = 0;
-  lua_newtable(L);
-  lua_pushcfunction(L, pinset_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_setmetatable(L, -2);
-  lua_setfield(L, LUA_REGISTRYINDEX, PINS_KEY);
-  return set;
+  return state_userdata(L, PINS_KEY, sizeof(pinset), pinset_gc);
 }
 #endif
 

@@ -1,9 +1,72 @@
 #include "http.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
 #include <strings.h>
+
+/* ---- the share ----------------------------------------------------------------------------- */
+
+struct kf_share {
+  CURLSH *sh;
+  int refs; /* changed only by the Lua state's own thread */
+  /* One lock per kind of data, so that libcurl holding one while it takes another cannot
+   * deadlock. A share belongs to one Lua state, which one thread runs at a time (nginx's thread
+   * pool runs each of its VMs on one thread at a time), so they are never contended; they are
+   * there so that a state moved between threads stays correct. */
+  pthread_mutex_t mu[CURL_LOCK_DATA_LAST];
+};
+
+static void share_lock(CURL *e, curl_lock_data data, curl_lock_access access, void *ud) {
+  kf_share *s = ud;
+  (void)e;
+  (void)access;
+  if (data >= 0 && data < CURL_LOCK_DATA_LAST && pthread_mutex_lock(&s->mu[data]) != 0) abort();
+}
+
+static void share_unlock(CURL *e, curl_lock_data data, void *ud) {
+  kf_share *s = ud;
+  (void)e;
+  if (data >= 0 && data < CURL_LOCK_DATA_LAST && pthread_mutex_unlock(&s->mu[data]) != 0) abort();
+}
+
+kf_share *kf_share_new(void) {
+  kf_share *s = calloc(1, sizeof *s);
+  int i;
+  if (s == NULL) return NULL;
+  for (i = 0; i < CURL_LOCK_DATA_LAST; i++) {
+    if (pthread_mutex_init(&s->mu[i], NULL) != 0) abort();
+  }
+  s->refs = 1;
+  s->sh = curl_share_init();
+  if (s->sh == NULL || curl_share_setopt(s->sh, CURLSHOPT_LOCKFUNC, share_lock) != CURLSHE_OK ||
+      curl_share_setopt(s->sh, CURLSHOPT_UNLOCKFUNC, share_unlock) != CURLSHE_OK ||
+      curl_share_setopt(s->sh, CURLSHOPT_USERDATA, s) != CURLSHE_OK ||
+      curl_share_setopt(s->sh, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS) != CURLSHE_OK ||
+      curl_share_setopt(s->sh, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION) != CURLSHE_OK ||
+      curl_share_setopt(s->sh, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT) != CURLSHE_OK) {
+    kf_share_release(s);
+    return NULL;
+  }
+  return s;
+}
+
+void kf_share_release(kf_share *s) {
+  int i;
+  if (s == NULL || --s->refs > 0) return;
+  /* every easy handle that used it is gone (each held a reference): its connections close here */
+  if (s->sh) curl_share_cleanup(s->sh);
+  for (i = 0; i < CURL_LOCK_DATA_LAST; i++) pthread_mutex_destroy(&s->mu[i]);
+  free(s);
+}
+
+/* ---- one transfer -------------------------------------------------------------------------- */
+
+/* Idle connections the shared pool keeps when a session's call returns one (libcurl's default, 5,
+ * would close a batch's kept-alive connections one call at a time); a batch keeps its own slots'
+ * worth on top. */
+#define POOL_IDLE 32L
 
 static int buf_append(kf_buf *b, const char *data, size_t len, size_t limit) {
   if (b->len + len > limit) return -1;
@@ -69,6 +132,7 @@ static void opts_free(kf_http_opts *o) {
   free(o->capath);
   free(o->proxy);
   free(o->user_agent);
+  kf_share_release(o->share);
   memset(o, 0, sizeof *o);
 }
 
@@ -80,6 +144,7 @@ static int opts_copy(kf_http_opts *dst, const kf_http_opts *src) {
   dst->capath = dup_or_null(src->capath, &oom);
   dst->proxy = dup_or_null(src->proxy, &oom);
   dst->user_agent = dup_or_null(src->user_agent, &oom);
+  if (dst->share) dst->share->refs++;
   if (oom) opts_free(dst);
   return oom ? -1 : 0;
 }
@@ -89,7 +154,7 @@ static int str_equal(const char *a, const char *b) {
 }
 
 static int opts_equal(const kf_http_opts *a, const kf_http_opts *b) {
-  return a->connect_timeout_ms == b->connect_timeout_ms && a->timeout_ms == b->timeout_ms &&
+  return a->share == b->share && a->connect_timeout_ms == b->connect_timeout_ms && a->timeout_ms == b->timeout_ms &&
          a->ssl_verify == b->ssl_verify && a->max_body == b->max_body && str_equal(a->cainfo, b->cainfo) &&
          str_equal(a->capath, b->capath) && str_equal(a->proxy, b->proxy) && str_equal(a->user_agent, b->user_agent);
 }
@@ -102,6 +167,7 @@ static void setup(kf_http *h) {
   h->connect_timeout_ms = o->connect_timeout_ms > 0 ? o->connect_timeout_ms : 5000;
   h->timeout_ms = o->timeout_ms > 0 ? o->timeout_ms : 15000;
   curl_easy_setopt(e, CURLOPT_PRIVATE, (void *)h);
+  if (o->share) curl_easy_setopt(e, CURLOPT_SHARE, o->share->sh);
   curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L); /* no SIGALRM: safe in threads and in nginx */
   curl_easy_setopt(e, CURLOPT_ERRORBUFFER, h->errbuf);
   curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
@@ -120,6 +186,7 @@ static void setup(kf_http *h) {
 #endif
   curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(e, CURLOPT_MAXCONNECTS, POOL_IDLE);
   curl_easy_setopt(e, CURLOPT_READFUNCTION, on_read);
   curl_easy_setopt(e, CURLOPT_READDATA, h);
   curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, on_seek);
@@ -198,6 +265,19 @@ int kf_http_prepare(kf_http *h, const char *method, const char *url, const char 
   return 0;
 }
 
+/* curl's words ("SSL certificate problem: unable to get local issuer certificate", "SSL: no
+ * alternative certificate subject name matches ...") do not say that the check refused it. */
+static void say_verification_failed(char *errbuf, CURLcode code) {
+  static const char what[] = "TLS certificate verification failed: ";
+  size_t n, w = sizeof what - 1;
+  if (errbuf[0] == '\0') snprintf(errbuf, CURL_ERROR_SIZE, "%s", curl_easy_strerror(code));
+  n = strlen(errbuf);
+  if (n + w >= CURL_ERROR_SIZE) n = CURL_ERROR_SIZE - w - 1;
+  memmove(errbuf + w, errbuf, n);
+  memcpy(errbuf, what, w);
+  errbuf[w + n] = '\0';
+}
+
 void kf_http_finish(kf_http *h, CURLcode code, kf_result *r) {
   CURL *e = h->easy;
   curl_off_t pretransfer = 0;
@@ -211,6 +291,7 @@ void kf_http_finish(kf_http *h, CURLcode code, kf_result *r) {
   curl_easy_getinfo(e, CURLINFO_PRETRANSFER_TIME_T, &pretransfer);
   curl_easy_getinfo(e, CURLINFO_REQUEST_SIZE, &request_size);
   r->connected = pretransfer > 0 || request_size > 0;
+  if (code == CURLE_PEER_FAILED_VERIFICATION) say_verification_failed(h->errbuf, code);
   if (code != CURLE_OK) {
     r->message = h->errbuf[0] ? h->errbuf : curl_easy_strerror(code);
     /* once the transfer began, the server may have acted on the request */
@@ -247,8 +328,8 @@ int kf_multi_init(kf_multi *m, int slots, const kf_http_opts *o, char *err, size
       return -1;
     }
   }
-  /* keep every connection of the batch alive between transfers */
-  curl_multi_setopt(m->multi, CURLMOPT_MAXCONNECTS, (long)slots);
+  /* keep every connection of the batch alive between transfers, and the shared pool's others */
+  curl_multi_setopt(m->multi, CURLMOPT_MAXCONNECTS, (long)slots + POOL_IDLE);
   curl_multi_setopt(m->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
   return 0;
 }

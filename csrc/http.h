@@ -12,6 +12,13 @@ typedef struct kf_buf {
   size_t len, cap;
 } kf_buf;
 
+/* What the sessions and batches of one Lua state share (core.c makes one per state, in its
+ * registry): the DNS cache, TLS sessions and the connections. Counted: each kf_http_opts copy
+ * holds a reference, and the last release cleans it up, in whatever order Lua collects them. */
+typedef struct kf_share kf_share;
+kf_share *kf_share_new(void);
+void kf_share_release(kf_share *s);
+
 typedef struct kf_http_opts {
   long connect_timeout_ms;  /* default 5000 */
   long timeout_ms;          /* default 15000 */
@@ -21,6 +28,7 @@ typedef struct kf_http_opts {
   char *proxy;              /* "http://host:port", or NULL for none (env vars are ignored) */
   char *user_agent;
   size_t max_body;          /* default 64 MiB */
+  kf_share *share;          /* or NULL: none; a copy of the options takes a reference */
 } kf_http_opts;
 
 typedef struct kf_http {

@@ -6,11 +6,17 @@
  * requests with srv:next(), answers them in any order and at any later time with
  * srv:respond() or srv:drop(), which hand the answer back and resume the connection.
  *
+ * With tls, it serves HTTPS through libmicrohttpd's TLS (GnuTLS, as Debian builds it), with a
+ * private CA and certificate made at start (certs.c, OpenSSL) and session tickets on, and counts
+ * full and resumed handshakes.
+ *
  * Everything hangs off the server userdata; there is no global state.
  */
+#include "certs.h"
 #include "compat.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <netdb.h>
 #include <poll.h>
@@ -22,10 +28,12 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <gnutls/gnutls.h>
 #include <microhttpd.h>
 
 #define SERVER_MT "kaifang.sandbox.httpd.server"
@@ -75,6 +83,7 @@ typedef struct kf_conn {
   int fd;
   struct timespec deadline;
   int waiting; /* for a request's headers */
+  int counted; /* its TLS handshake is in the counters */
 } kf_conn;
 
 typedef struct kf_server {
@@ -94,6 +103,11 @@ typedef struct kf_server {
   int watching, stopping;
   unsigned port;
   int verbose;
+  int tls;
+  kf_certs certs;
+  gnutls_datum_t ticket_key; /* encrypts the session tickets that resume a TLS session */
+  long long accepted, tls_full, tls_resumed; /* connections; handshakes: full, resumed */
+  char cadir[512], cafile[528]; /* a private directory with the CA certificate, when tls */
   char host[256];
   char lasterr[256];
 } kf_server;
@@ -335,8 +349,13 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
     if (c == NULL) return; /* not watched; libmicrohttpd's idle timeout still applies */
     c->fd = ci ? ci->connect_fd : -1;
     c->waiting = 1;
+    if (s->tls) { /* before the handshake, which happens in libmicrohttpd's loop */
+      const union MHD_ConnectionInfo *ti = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+      if (ti && ti->tls_session) (void)gnutls_session_ticket_enable_server(ti->tls_session, &s->ticket_key);
+    }
     now_plus(&c->deadline, s->header_timeout);
     lock(s);
+    s->accepted++;
     c->next = s->conns;
     if (s->conns) s->conns->prev = c;
     s->conns = c;
@@ -356,6 +375,21 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
 static kf_conn *conn_of(struct MHD_Connection *conn) {
   const union MHD_ConnectionInfo *ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
   return ci ? ci->socket_context : NULL;
+}
+
+/* A TLS connection's handshake, once it is done (its first request), in the counters. */
+static void count_handshake(kf_server *s, struct MHD_Connection *conn) {
+  kf_conn *c = conn_of(conn);
+  const union MHD_ConnectionInfo *ti;
+  int resumed;
+  if (!s->tls || c == NULL || c->counted) return;
+  c->counted = 1;
+  ti = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+  resumed = ti && ti->tls_session && gnutls_session_is_resumed(ti->tls_session);
+  lock(s);
+  if (resumed) s->tls_resumed++;
+  else s->tls_full++;
+  unlock(s);
 }
 
 /* Marks whether conn waits for a request's headers (from now on). */
@@ -438,6 +472,7 @@ static enum MHD_Result on_access(void *cls, struct MHD_Connection *conn, const c
       r->started = 1;
       r->conn = conn;
       conn_waiting(s, conn, 0); /* the headers are in */
+      count_handshake(s, conn);
       r->method = dupstr(method);
       r->version = dupstr(version ? version : "");
       if (r->method == NULL || r->version == NULL) return MHD_NO;
@@ -559,6 +594,13 @@ static double opt_seconds(lua_State *L, int idx, double dflt) {
 }
 
 static void server_destroy(kf_server *s) {
+  if (s->cafile[0]) (void)unlink(s->cafile);
+  if (s->cadir[0]) (void)rmdir(s->cadir);
+  if (s->ticket_key.data) {
+    gnutls_memset(s->ticket_key.data, 0, s->ticket_key.size);
+    gnutls_free(s->ticket_key.data);
+  }
+  kf_certs_free(&s->certs);
   pthread_cond_destroy(&s->tick);
   pthread_cond_destroy(&s->arrived);
   pthread_cond_destroy(&s->settled);
@@ -589,8 +631,64 @@ fail_mu:
   return -1;
 }
 
+#define MAX_NAMES 16
+
+/* tls = true (localhost and the loopback addresses) or { names = { host or IP, ... } }: the names
+ * the certificate is for, into names; how many (0: no TLS). */
+static size_t opt_tls(lua_State *L, int idx, const char **names) {
+  static const char *const loopback[] = {"localhost", "127.0.0.1", "::1"};
+  size_t n = 0;
+  lua_getfield(L, idx, "tls"); /* stays on the stack: it holds the names */
+  if (lua_isnil(L, -1) || (lua_isboolean(L, -1) && !lua_toboolean(L, -1))) return 0;
+  if (lua_isboolean(L, -1)) {
+    for (n = 0; n < 3; n++) names[n] = loopback[n];
+    return n;
+  }
+  if (!lua_istable(L, -1)) luaL_error(L, "kaifang.sandbox.httpd: option 'tls' must be a boolean or { names = {...} }");
+  lua_getfield(L, -1, "names");
+  if (!lua_istable(L, -1)) luaL_error(L, "kaifang.sandbox.httpd: option 'tls' needs names = { host or IP, ... }");
+  for (n = 0; n < MAX_NAMES; n++) {
+    lua_rawgeti(L, -1 - (int)n, (lua_Integer)n + 1);
+    if (lua_isnil(L, -1)) break;
+    if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "kaifang.sandbox.httpd: tls names must be strings");
+    names[n] = kf_checkcstring(L, -1);
+  }
+  if (n == 0) luaL_error(L, "kaifang.sandbox.httpd: tls names must list 1 to %d names", MAX_NAMES);
+  return n;
+}
+
+/* The certificates, the CA certificate's file in a private directory, and the session ticket key;
+ * 0, or -1 with a message in lasterr. */
+static int tls_setup(kf_server *s, const char *const *names, size_t n) {
+  const char *tmp = getenv("TMPDIR");
+  int fd;
+  size_t len;
+  ssize_t w;
+  if (kf_certs_make(&s->certs, names, n, s->lasterr, sizeof s->lasterr) != 0) return -1;
+  if (gnutls_session_ticket_key_generate(&s->ticket_key) != 0) {
+    snprintf(s->lasterr, sizeof s->lasterr, "cannot make a session ticket key");
+    return -1;
+  }
+  if (tmp == NULL || *tmp == '\0' || strlen(tmp) > 400) tmp = "/tmp";
+  snprintf(s->cadir, sizeof s->cadir, "%s/kaifang-sandbox-XXXXXX", tmp);
+  if (mkdtemp(s->cadir) == NULL) { /* mode 0700 */
+    snprintf(s->lasterr, sizeof s->lasterr, "cannot make a directory in %.200s: %s", tmp, strerror(errno));
+    s->cadir[0] = '\0';
+    return -1;
+  }
+  snprintf(s->cafile, sizeof s->cafile, "%s/ca.pem", s->cadir);
+  fd = open(s->cafile, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  len = strlen(s->certs.ca_pem);
+  w = fd < 0 ? -1 : write(fd, s->certs.ca_pem, len);
+  if (fd < 0 || w != (ssize_t)len || close(fd) != 0) {
+    snprintf(s->lasterr, sizeof s->lasterr, "cannot write the CA file: %s", strerror(errno));
+    return -1;
+  }
+  return 0;
+}
+
 /* httpd.listen{ host=, port=, max_body=, max_memory=, connection_limit=, connection_timeout=,
-   header_timeout=, threads=, verbose= } -> server | nil, errmsg */
+   header_timeout=, threads=, verbose=, tls= } -> server | nil, errmsg */
 static int l_listen(lua_State *L) {
   const char *host = "127.0.0.1";
   lua_Number port = 0, max_body = (lua_Number)DEFAULT_MAX_BODY, max_memory = (lua_Number)DEFAULT_MAX_MEMORY,
@@ -603,6 +701,9 @@ static int l_listen(lua_State *L) {
   server_ud *u;
   const union MHD_DaemonInfo *di;
   char portstr[16];
+  const char *names[MAX_NAMES];
+  size_t nnames = 0;
+  struct MHD_OptionItem tlsopts[3];
 
   if (!lua_isnoneornil(L, 1)) {
     luaL_checktype(L, 1, LUA_TTABLE);
@@ -615,6 +716,7 @@ static int l_listen(lua_State *L) {
     threads = opt_number_field(L, 1, "threads", threads, 1, 64);
     lua_getfield(L, 1, "verbose");
     verbose = lua_toboolean(L, -1);
+    nnames = opt_tls(L, 1, names);
     lua_getfield(L, 1, "host"); /* stays on the stack while it is used: __index may have made it */
     if (!lua_isnil(L, -1)) {
       size_t len;
@@ -662,12 +764,27 @@ static int l_listen(lua_State *L) {
      sits with a request unread in the kernel until the client times out (seen at 128 clients) */
   flags = MHD_USE_POLL | MHD_USE_INTERNAL_POLLING_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ITC | MHD_USE_ERROR_LOG;
   if (addr.ss_family == AF_INET6) flags |= MHD_USE_IPv6;
+  memset(tlsopts, 0, sizeof tlsopts); /* MHD_OPTION_END, unless TLS */
+  if (nnames > 0) {
+    s->tls = 1;
+    if (tls_setup(s, names, nnames) != 0) {
+      lua_pushnil(L);
+      lua_pushfstring(L, "cannot serve HTTPS: %s", s->lasterr);
+      server_destroy(s);
+      return 2;
+    }
+    flags |= MHD_USE_TLS;
+    tlsopts[0].option = MHD_OPTION_HTTPS_MEM_KEY;
+    tlsopts[0].ptr_value = s->certs.key_pem;
+    tlsopts[1].option = MHD_OPTION_HTTPS_MEM_CERT;
+    tlsopts[1].ptr_value = s->certs.cert_pem;
+  }
   s->daemon = MHD_start_daemon(
       flags, (uint16_t)port /* bound through SOCK_ADDR; here for libmicrohttpd's messages */, NULL, NULL, on_access, s, MHD_OPTION_EXTERNAL_LOGGER, on_log, s, MHD_OPTION_SOCK_ADDR,
       (struct sockaddr *)&addr, MHD_OPTION_URI_LOG_CALLBACK, on_uri, s, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s,
       MHD_OPTION_NOTIFY_CONNECTION, on_connection, s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, CONN_MEMORY,
       MHD_OPTION_CONNECTION_LIMIT, (unsigned)limit, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)timeout,
-      MHD_OPTION_THREAD_POOL_SIZE, (unsigned)threads, MHD_OPTION_END);
+      MHD_OPTION_THREAD_POOL_SIZE, (unsigned)threads, MHD_OPTION_ARRAY, tlsopts, MHD_OPTION_END);
   if (s->daemon == NULL) {
     lua_pushnil(L);
     lua_pushfstring(L, "cannot listen on %s:%d%s%s", host, (int)port, s->lasterr[0] ? ": " : "", s->lasterr);
@@ -885,7 +1002,7 @@ static int l_respond(lua_State *L) {
     return no_such_request(L, id);
   }
   ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-  if (ci && peer_closed(ci->connect_fd)) {
+  if (!s->tls && ci && peer_closed(ci->connect_fd)) { /* under TLS, bytes on the socket are not the answer */
     write_direct(ci->connect_fd, (unsigned)status, &raw, body, blen);
     r->state = ST_DROPPED; /* libmicrohttpd then closes it */
     MHD_destroy_response(resp);
@@ -980,14 +1097,26 @@ static int l_host(lua_State *L) {
   return 1;
 }
 
-/* srv:stats() -> { queued=, pending=, answering=, total=, connections=, memory= (bytes held for bodies) } */
+/* srv:cafile() -> the CA certificate's file when serving HTTPS, else nil */
+static int l_cafile(lua_State *L) {
+  kf_server *s = check_server(L);
+  if (s->cafile[0]) lua_pushstring(L, s->cafile);
+  else lua_pushnil(L);
+  return 1;
+}
+
+/* srv:stats() -> { queued=, pending=, answering=, total=, connections=, memory= (bytes held for bodies),
+   accepted= (connections ever), tls_full=, tls_resumed= (handshakes, when serving HTTPS) } */
 static int l_stats(lua_State *L) {
   kf_server *s = check_server(L);
   size_t q, p, a;
-  long long total;
+  long long total, accepted, full, resumed;
   const union MHD_DaemonInfo *di;
   size_t mem;
   lock(s);
+  accepted = s->accepted;
+  full = s->tls_full;
+  resumed = s->tls_resumed;
   q = s->nqueued;
   p = s->npending;
   a = s->nanswering;
@@ -995,7 +1124,15 @@ static int l_stats(lua_State *L) {
   mem = s->memory;
   unlock(s);
   di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
-  lua_createtable(L, 0, 6);
+  lua_createtable(L, 0, 9);
+  lua_pushinteger(L, (lua_Integer)accepted);
+  lua_setfield(L, -2, "accepted");
+  if (s->tls) {
+    lua_pushinteger(L, (lua_Integer)full);
+    lua_setfield(L, -2, "tls_full");
+    lua_pushinteger(L, (lua_Integer)resumed);
+    lua_setfield(L, -2, "tls_resumed");
+  }
   lua_pushinteger(L, (lua_Integer)mem);
   lua_setfield(L, -2, "memory");
   lua_pushinteger(L, (lua_Integer)q);
@@ -1082,7 +1219,8 @@ static int l_getppid(lua_State *L) {
 int luaopen_kaifang_sandbox_httpd(lua_State *L) {
   static const luaL_Reg methods[] = {{"next", l_next},   {"respond", l_respond}, {"drop", l_drop},
                                      {"flush", l_flush}, {"port", l_port},       {"host", l_host},
-                                     {"stats", l_stats}, {"close", l_close},     {NULL, NULL}};
+                                     {"stats", l_stats}, {"close", l_close},     {"cafile", l_cafile},
+                                     {NULL, NULL}};
   static const luaL_Reg funcs[] = {
       {"listen", l_listen}, {"getpid", l_getpid}, {"getppid", l_getppid}, {NULL, NULL}};
   kf_newclass(L, SERVER_MT, methods, l_close);

@@ -291,6 +291,24 @@ describe("kaifang (command line)", function()
       assert.are.equal("kaifang: interrupted\n", err)
     end)
 
+    it("--tls serves HTTPS, and its KAIFANG_CAINFO lets kaifang call trust it", function()
+      local line, _, finish = start("--port 0 --json --tls")
+      local info = assert(cjson.decode(line), line)
+      assert.matches("^https://127%.0%.0%.1:%d+$", info.url)
+      assert.are.equal(info.cafile, info.env.KAIFANG_CAINFO)
+      local env = { KAIFANG_DAKASHI_URL = info.env.KAIFANG_DAKASHI_URL, KAIFANG_DAKASHI_CLIENT_ID = info.env.KAIFANG_DAKASHI_CLIENT_ID,
+                    KAIFANG_DAKASHI_CLIENT_SECRET = info.env.KAIFANG_DAKASHI_CLIENT_SECRET }
+      local refused = kaifang("call dakashi member_info serial_no=87000001", env)
+      one_line_error(refused, 4, "TLS certificate verification failed") -- the system's CAs do not know this CA
+      env.KAIFANG_CAINFO = info.cafile
+      assert.are.equal("87000001", json_reply(kaifang("call dakashi member_info serial_no=87000001", env)).data.serial_no)
+      local session = require("kaifang.core").http({ timeout = 5, cainfo = info.cafile })
+      assert(session:request{ method = "POST", url = info.url .. "/_sandbox/shutdown", body = "{}" })
+      session:close()
+      assert.are.equal(0, (finish()))
+      assert.is_nil(io.open(info.cafile), "the CA file outlived the sandbox")
+    end)
+
     it("--strict=false relaxes every platform; --config can keep one strict", function()
       local line, _, finish = start([[--port 0 --json --strict=false --config={\"dakashi\":{\"strict\":true}}]])
       local info = assert(cjson.decode(line), line)

@@ -237,10 +237,14 @@ function Nginx:wait_log(text, timeout)
   end
 end
 
--- One request on a fresh session -> status, body, headers (a decoded JSON body as a 4th value).
+-- One request on a connection of its own (sessions share kept-alive connections; Connection:
+-- close ends this one, so that calls spread over the workers) -> status, body, headers (a
+-- decoded JSON body as a 4th value).
 function Nginx:request(method, path, body, headers)
   local s = core.http{ timeout = 15, connect_timeout = 2 }
-  local res, err = s:request{ method = method, url = self.url .. path, body = body, headers = headers or {} }
+  local h = { Connection = "close" }
+  for k, v in pairs(headers or {}) do h[k] = v end
+  local res, err = s:request{ method = method, url = self.url .. path, body = body, headers = h }
   s:close()
   if not res then return nil, tostring(err.message) end
   local ok, doc = pcall(require("cjson").decode, res.body)

@@ -32,11 +32,13 @@ M.SPEC = {
 -- ZAFU: fetching a token invalidates the one before, so a CLI that shares credentials with a
 -- running service should share its token file (kaifang.store.file) too.
 M.ZAFU_TOKEN_FILE = "KAIFANG_ZAFU_TOKEN_FILE"
+-- A CA certificate file every client trusts (cainfo): a sandbox's own, with `kaifang sandbox --tls`.
+M.CAINFO = "KAIFANG_CAINFO"
 
 function M.url_var(platform) return "KAIFANG_" .. platform:upper() .. "_URL" end
 
 -- Every variable a profile may set.
-M.KNOWN = { [M.ZAFU_TOKEN_FILE] = true }
+M.KNOWN = { [M.ZAFU_TOKEN_FILE] = true, [M.CAINFO] = true }
 for platform, spec in pairs(M.SPEC) do
   M.KNOWN[M.url_var(platform)] = true
   for _, o in ipairs(spec.options) do M.KNOWN[o[2]] = true end
@@ -126,6 +128,7 @@ function M.client_options(platform, lookup)
   end
   if #missing > 0 then return nil, missing end
   opts.base_url = lookup(M.url_var(platform))
+  opts.cainfo = lookup(M.CAINFO)
   if platform == "zafu" then
     local file = lookup(M.ZAFU_TOKEN_FILE)
     if file then opts.token_store = require("kaifang.store").file(file) end

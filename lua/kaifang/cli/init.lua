@@ -260,8 +260,8 @@ function M.demo_rows(demo)
 end
 
 -- The KAIFANG_* variables that point `call`, `repl` and scripts at a running sandbox, per
--- platform in order: { { name, value }, ... } lists.
-function M.demo_env(url, demo)
+-- platform in order: { { name, value }, ... } lists; with cafile (HTTPS), one more for its CA.
+function M.demo_env(url, demo, cafile)
   local out = {}
   for i, d in ipairs(demo) do
     local vars = { { config.url_var(d.platform), url .. "/" .. d.platform } }
@@ -270,6 +270,7 @@ function M.demo_env(url, demo)
     end
     out[i] = vars
   end
+  if cafile then out[#out + 1] = { { config.CAINFO, cafile } } end
   return out
 end
 
@@ -293,15 +294,15 @@ local function cmd_sandbox(args)
   if args.strict == "false" then strict = false end
   local ok, err = pcall(sandbox.new, { config = settings, strict = strict }) -- a bad setting is the user's to fix
   if not ok then usage(plain(err)) end
-  local function announce(url)
+  local function announce(url, _, cafile)
     local demo = sandbox.demo()
-    local env = M.demo_env(url, demo)
+    local env = M.demo_env(url, demo, cafile)
     if args.json then
       local vars = {}
       for _, list in ipairs(env) do
         for _, v in ipairs(list) do vars[v[1]] = v[2] end
       end
-      io.stdout:write(format.json({ url = url, platforms = demo, env = vars }, true), "\n")
+      io.stdout:write(format.json({ url = url, cafile = cafile, platforms = demo, env = vars }, true), "\n")
     else
       local exports = {}
       for i, list in ipairs(env) do
@@ -309,7 +310,8 @@ local function cmd_sandbox(args)
         for j, v in ipairs(list) do words[j] = v[1] .. "=" .. shell_word(v[2]) end
         exports[i] = "export " .. table.concat(words, " ")
       end
-      io.stdout:write(sandbox.BANNER, url, "\n\n", format.columns(M.demo_rows(demo)), "\n\n",
+      io.stdout:write(sandbox.BANNER, url, "\n", cafile and (sandbox.CAFILE .. cafile .. "\n") or "", "\n",
+        format.columns(M.demo_rows(demo)), "\n\n",
         "Point a client's base_url at ", url, " (or ", url, "/<platform>). ",
         "Stop it with Ctrl-C or POST ", url, "/_sandbox/shutdown.\n",
         "For kaifang call, kaifang repl and the README's examples, in another shell:\n",
@@ -318,7 +320,7 @@ local function cmd_sandbox(args)
     io.stdout:flush()
   end
   local served, e = pcall(sandbox.run, { host = args.host, port = args.port, config = settings, strict = strict,
-                                         announce = announce })
+                                         tls = args.tls or nil, announce = announce })
   if not served then
     if interrupted(e) then error(e, 0) end
     stop(M.EXIT.failed, plain(e))
@@ -468,6 +470,8 @@ local function build_parser()
     .. "documented formats and types), for replaying real traffic; --config can set one platform's.", "true")
     :choices({ "true", "false" })
   sandbox:flag("--json", "Print the address and demo accounts as one line of JSON instead of a table.")
+  sandbox:flag("--tls", "Serve HTTPS, with a private CA made at start (its certificate's file is printed, "
+    .. "and KAIFANG_CAINFO set to it) and a certificate for localhost and 127.0.0.1.")
 
   -- argparse would print its usage and exit 1; a usage error here is one line and status 2
   local names = { [parser] = "kaifang", [call] = "kaifang call", [repl] = "kaifang repl",

@@ -6,7 +6,9 @@
 --
 -- opts: host ("127.0.0.1"), port (0 = any free port), config ({ lingdian = { rate = 5 } }),
 --       strict (false: every platform's `strict` setting off unless config says otherwise),
---       platforms (list of names; default sandbox.platforms), verbose, lua (start only).
+--       platforms (list of names; default sandbox.platforms), verbose, lua (start only),
+--       tls (true: HTTPS, with a private CA made at start and a certificate for localhost,
+--       127.0.0.1 and ::1; { names = { ... } }: a certificate for those names instead).
 --
 -- A platform is a module kaifang.sandbox.<name> exporting:
 --   name, defaults (settings table, `strict` among them), check_setting(key, value) -> true | nil, err,
@@ -30,6 +32,7 @@ local M = {}
 M.platforms = { "lingdian", "zafu", "yopoint", "dakashi" }
 
 M.BANNER = "kaifang sandbox listening on "
+M.CAFILE = "kaifang sandbox CA certificate: "
 M.READY = "kaifang sandbox ready, pid "
 
 local json_value, text_response = util.json_value, util.text_response
@@ -186,7 +189,8 @@ admin.requests = function(self, req)
   return json_value(out)
 end
 
--- The HTTP server's own counters: queued, pending (with Lua), answering, total, connections.
+-- The HTTP server's own counters: queued, pending (with Lua), answering, total, connections,
+-- accepted; over HTTPS, tls_full and tls_resumed (handshakes).
 admin.server = function(self, req)
   if req.method ~= "GET" then return nil end
   if not self.server then return err_json(404, "no server") end
@@ -319,16 +323,18 @@ function M.run(opts)
     port = opts.port or 0,
     verbose = opts.verbose,
     threads = opts.threads,
+    tls = opts.tls,
   })
   if not srv then error("kaifang.sandbox: " .. err, 2) end
   local host = srv:host()
   if host:find(":", 1, true) then host = "[" .. host .. "]" end
-  local url = "http://" .. host .. ":" .. srv:port()
+  local url = (opts.tls and "https://" or "http://") .. host .. ":" .. srv:port()
   if opts.announce then
-    opts.announce(url, app) -- the command line's own presentation
+    opts.announce(url, app, srv:cafile()) -- the command line's own presentation
   else
     local out = io.stdout -- what start() reads
     out:write(M.BANNER, url, "\n")
+    if srv:cafile() then out:write(M.CAFILE, srv:cafile(), "\n") end
     for _, d in ipairs(M.demo(opts.platforms)) do -- for a person reading it; start() takes them from demo()
       local words = {}
       for k, v in pairs(d.account) do words[#words + 1] = k .. "=" .. v end
@@ -353,7 +359,12 @@ Sandbox.__index = Sandbox
 
 -- A core.http session to the sandbox, created on first use.
 function Sandbox:session()
-  if not self._session then self._session = core.http({ connect_timeout = 2, timeout = 10 }) end
+  if not self._session then
+    -- a certificate made for other names (tls.names) cannot match the address it is reached at:
+    -- this handle, which started it, then talks to it without the checks
+    self._session = core.http({ connect_timeout = 2, timeout = 10, cainfo = self.cafile,
+                                ssl_verify = not self.other_names })
+  end
   return self._session
 end
 
@@ -394,6 +405,9 @@ end
 -- { <platform> = { requests =, duplicates =, refused = }, total = {...} }
 function Sandbox:counters() return self:admin("GET", "/_sandbox/counters") end
 
+-- The HTTP server's counters (see admin.server): over HTTPS, the handshakes, full and resumed.
+function Sandbox:server_stats() return self:admin("GET", "/_sandbox/server") end
+
 function Sandbox:__tostring()
   return ("kaifang.sandbox{ url = %q, platforms = { %s } }"):format(self.url,
     '"' .. table.concat(self.platforms, '", "') .. '"')
@@ -402,6 +416,10 @@ end
 function Sandbox:stop()
   if self.stopped then return end
   self.stopped = true
+  if self._session then -- a new one: at exit, Lua may have collected (closed) this one first
+    self._session:close()
+    self._session = nil
+  end
   local ok, status = pcall(self.request, self, "POST", "/_sandbox/shutdown", "{}", { ["Content-Type"] = "application/json" })
   if not (ok and status == 200) and self.pid then
     os.execute("kill " .. math.floor(self.pid) .. " 2>/dev/null") -- not answering: make sure it ends
@@ -418,7 +436,8 @@ Sandbox.__close = Sandbox.stop
 
 -- Starts the sandbox in a child process: the client's calls block, so the server must run
 -- elsewhere. Returns { url=, pid=, platforms={names}, credentials={ <platform> = its demo account },
--- stop=, reset=, configure=, records=, faults=, counters=, admin=, request= }.
+-- cafile= (with tls: the CA certificate to give clients as cainfo), stop=, reset=, configure=,
+-- records=, faults=, counters=, server_stats=, admin=, request= }.
 -- own_session = true runs it in a session of its own (setsid), so that the terminal's Ctrl-C
 -- reaches only the caller, which stops it; the command line wants that.
 function M.start(opts)
@@ -447,8 +466,10 @@ function M.start(opts)
     error("kaifang.sandbox: the sandbox did not start (" .. tostring(first) .. "); see stderr", 2)
   end
   local platforms = opts.platforms or M.platforms
-  local self = setmetatable({ url = url, fh = fh, platforms = platforms, credentials = M.credentials(platforms) }, Sandbox)
+  local self = setmetatable({ url = url, fh = fh, platforms = platforms, credentials = M.credentials(platforms),
+                              other_names = type(opts.tls) == "table" }, Sandbox)
   for line in fh:lines() do
+    if line:sub(1, #M.CAFILE) == M.CAFILE then self.cafile = line:sub(#M.CAFILE + 1) end
     local pid = line:sub(1, #M.READY) == M.READY and tonumber(line:sub(#M.READY + 1))
     if pid then
       self.pid = pid
