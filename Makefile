@@ -27,7 +27,7 @@ DEBIAN_PACKAGES := lua5.4 liblua5.4-dev libcurl4-openssl-dev libssl-dev lua-cjso
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;
 export LUA_CPATH := $(CURDIR)/$(OUT)/?.so;;
 
-.PHONY: all luajit deps test checks unit spec compilers rock demo bench clean asan fuzz fuzz-smoke
+.PHONY: all luajit deps test checks unit spec compilers rock demo bench bench-tools clean asan fuzz fuzz-smoke
 
 all: $(CORE_SO) $(HTTPD_SO)
 
@@ -158,8 +158,16 @@ demo: deps
 	$(LUA) examples/demo.lua
 
 BENCH_PACKAGES := wrk gnuplot-nox lua-luaossl lua-socket
+BENCH_TOOLS    := build/bench/curl_floor build/bench/sign_floor
+build/bench/curl_floor: bench/curl_floor.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -std=c99 -D_POSIX_C_SOURCE=200809L $(WARN) -o $@ $< -lcurl
+build/bench/sign_floor: bench/sign_floor.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -std=c99 -D_POSIX_C_SOURCE=200809L $(WARN) -o $@ $< -lcrypto
+bench-tools: $(BENCH_TOOLS)
 bench: deps
-	@$(MAKE) --no-print-directory deps all luajit DEBIAN_PACKAGES="$(BENCH_PACKAGES)"
+	@$(MAKE) --no-print-directory deps all luajit bench-tools DEBIAN_PACKAGES="$(BENCH_PACKAGES)"
 	$(LUA) bench/sign.lua
 	$(LUA) bench/batch.lua
 	$(LUA) bench/memory.lua

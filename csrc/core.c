@@ -20,22 +20,30 @@
 #define SIGNER_MT "kaifang.signer"
 #define HTTP_MT "kaifang.http"
 #define MULTI_MT "kaifang.multi"
+#define RESPONSE_MT "kaifang.response"
 #define MAX_STACK_PAIRS 32
+#define MAX_STACK_STS 4096
 #define MAX_SECONDS 1e6 /* eleven days: any longer is a mistake, and it keeps the casts in range */
 
 /* ---- values as the platforms write them ------------------------------------------------ */
 
 /* Returns the value at idx as bytes (numbers formatted into num); NULL for nil/null. Raises on
- * a type a platform cannot receive. */
-static const char *param_value(lua_State *L, int idx, const char *key, const char *who, char *num, size_t *len) {
+ * a type a platform cannot receive, naming who as prefix..name ("kaifang." "lingdian"): the
+ * name is put together only then, not on every call. */
+static const char *param_value(lua_State *L, int idx, const char *key, const char *prefix, const char *name,
+                               char *num, size_t *len) {
   long long iv = 0;
   switch (lua_type(L, idx)) {
     case LUA_TSTRING:
       return lua_tolstring(L, idx, len);
     case LUA_TNUMBER:
+      if (kf_isinteger(L, idx, &iv)) {
+        *len = kf_format_integer(iv, num);
+        return num;
+      }
       if (!isfinite(lua_tonumber(L, idx)))
-        luaL_error(L, "%s: parameter '%s' must be a finite number, not %s", who, key, lua_tostring(L, idx));
-      *len = kf_isinteger(L, idx, &iv) ? kf_format_integer(iv, num) : kf_format_float(lua_tonumber(L, idx), num);
+        luaL_error(L, "%s%s: parameter '%s' must be a finite number, not %s", prefix, name, key, lua_tostring(L, idx));
+      *len = kf_format_float(lua_tonumber(L, idx), num);
       return num;
     case LUA_TLIGHTUSERDATA:
       if (lua_touserdata(L, idx) == NULL) { /* cjson.null */
@@ -44,7 +52,8 @@ static const char *param_value(lua_State *L, int idx, const char *key, const cha
       }
       /* fallthrough */
     default:
-      luaL_error(L, "%s: parameter '%s' must be a string or a number, not %s", who, key, luaL_typename(L, idx));
+      luaL_error(L, "%s%s: parameter '%s' must be a string or a number, not %s", prefix, name, key,
+                 luaL_typename(L, idx));
       return NULL;
   }
 }
@@ -115,6 +124,7 @@ static int l_signer(lua_State *L) {
     for (i = 1; i <= n; i++) {
       lua_rawgeti(L, -1, (int)i);
       copy_name(L, -1, s->exclude[i - 1], KF_MAX_NAME, "excluded key");
+      s->exclude_len[i - 1] = strlen(s->exclude[i - 1]);
       lua_pop(L, 1);
     }
     s->nexclude = (int)n;
@@ -124,67 +134,85 @@ static int l_signer(lua_State *L) {
   return 1;
 }
 
-/* signer:sign(params, secret) -> sign, string_to_sign */
-static int l_signer_sign(lua_State *L) {
-  kf_scheme *s = check_signer(L);
-  kf_pair stack_pairs[MAX_STACK_PAIRS], *pairs = stack_pairs;
-  size_t n = 0, cap = MAX_STACK_PAIRS, slen, i;
-  const char *secret;
-  char hex[2 * KF_MAX_DIGEST + 1], err[KF_ERRLEN], who[KF_MAX_NAME + 16];
-  luaL_Buffer b;
-  int hexlen;
-  luaL_checktype(L, 2, LUA_TTABLE);
-  secret = luaL_checklstring(L, 3, &slen);
-  snprintf(who, sizeof who, "kaifang.%s", s->name);
-  lua_settop(L, 3);
-
+/* The parameters of table t as pairs, sorted into *order, and the bytes their "k=v&" take
+ * (encoded: 3 per byte). Kept out: keys the scheme s excludes, and empty values when it drops
+ * them (s may be NULL). *pairs and *order start as the caller's arrays of MAX_STACK_PAIRS; past
+ * that they are userdata that the GC owns (left on the stack), so an error cannot leak them. */
+static size_t collect_pairs(lua_State *L, int t, const kf_scheme *s, const char *prefix, const char *name, int encoded,
+                            kf_pair **pairs, kf_pair ***order, size_t *bytes) {
+  size_t n = 0, cap = MAX_STACK_PAIRS;
   lua_pushnil(L);
-  while (lua_next(L, 2)) {
+  while (lua_next(L, t)) {
     kf_pair *p;
     if (lua_type(L, -2) != LUA_TSTRING)
-      return luaL_error(L, "%s: parameter names must be strings, got %s", who, luaL_typename(L, -2));
-    if (n == cap) { /* past the common case: a userdata that the GC owns, so an error cannot leak it */
+      return luaL_error(L, "%s%s: parameter names must be strings, got %s", prefix, name, luaL_typename(L, -2));
+    if (n == cap) {
       kf_pair *grown;
-      luaL_checkstack(L, 4, "kaifang.core.signer: too many parameters");
-      grown = kf_newuserdata(L, 2 * cap * sizeof *grown);
-      memcpy(grown, pairs, n * sizeof *pairs);
-      pairs = grown;
-      cap *= 2;
+      luaL_checkstack(L, 4, "too many parameters");
+      grown = kf_newuserdata(L, 4 * cap * sizeof *grown);
+      memcpy(grown, *pairs, n * sizeof *grown);
+      *pairs = grown;
+      cap *= 4;
       lua_insert(L, -3); /* below the key and value that lua_next needs on top */
     }
-    p = &pairs[n];
+    p = &(*pairs)[n];
     p->key = lua_tolstring(L, -2, &p->klen);
-    if (kf_scheme_excludes(s, p->key, p->klen)) {
+    if (s && kf_scheme_excludes(s, p->key, p->klen)) {
       lua_pop(L, 1);
       continue;
     }
-    p->val = param_value(L, -1, p->key, who, p->num, &p->vlen);
+    p->val = param_value(L, -1, p->key, prefix, name, p->num, &p->vlen);
     p->val = p->val == p->num ? NULL : p->val ? p->val : "";
-    if (p->vlen > 0 || !s->drop_empty) n++;
+    if (p->vlen > 0 || !(s && s->drop_empty)) {
+      n++;
+      *bytes += (encoded ? 3 : 1) * (p->klen + p->vlen) + 2; /* '=' and '&' */
+    }
     lua_pop(L, 1);
   }
-  kf_sort_pairs(pairs, n);
+  if (n > MAX_STACK_PAIRS) {
+    luaL_checkstack(L, 2, "too many parameters");
+    *order = kf_newuserdata(L, 2 * n * sizeof **order);
+  }
+  kf_sort_pairs(*pairs, n, *order, *order + n);
+  return n;
+}
 
-  luaL_buffinit(L, &b);
+/* signer:sign(params, secret [, sign_only]) -> sign, string_to_sign (sign alone with sign_only:
+ * a client needs the string only to log it). The string is put together in one buffer sized
+ * beforehand (on the C stack when it fits). */
+static int l_signer_sign(lua_State *L) {
+  kf_scheme *s = check_signer(L);
+  kf_pair stack_pairs[MAX_STACK_PAIRS], *pairs = stack_pairs, *stack_order[2 * MAX_STACK_PAIRS], **order = stack_order;
+  size_t n, slen, i, total, len = 0;
+  const char *secret;
+  char hex[2 * KF_MAX_DIGEST + 1], err[KF_ERRLEN], stack_sts[MAX_STACK_STS], *sts = stack_sts;
+  int hexlen, sign_only = lua_toboolean(L, 4);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  secret = luaL_checklstring(L, 3, &slen);
+  lua_settop(L, 3);
+  total = s->hmac ? 0 : s->joiner_len + slen;
+  n = collect_pairs(L, 2, s, "kaifang.", s->name, 0, &pairs, &order, &total);
+  if (total > sizeof stack_sts) sts = kf_newuserdata(L, total);
   for (i = 0; i < n; i++) {
-    if (i) luaL_addchar(&b, '&');
-    luaL_addlstring(&b, pairs[i].key, pairs[i].klen);
-    luaL_addchar(&b, '=');
-    luaL_addlstring(&b, kf_pair_value(&pairs[i]), pairs[i].vlen);
+    const kf_pair *p = order[i];
+    if (i) sts[len++] = '&';
+    memcpy(sts + len, p->key, p->klen);
+    len += p->klen;
+    sts[len++] = '=';
+    memcpy(sts + len, kf_pair_value(p), p->vlen);
+    len += p->vlen;
   }
   if (!s->hmac) {
-    luaL_addlstring(&b, s->joiner, s->joiner_len);
-    luaL_addlstring(&b, secret, slen);
+    memcpy(sts + len, s->joiner, s->joiner_len);
+    len += s->joiner_len;
+    memcpy(sts + len, secret, slen);
+    len += slen;
   }
-  luaL_pushresult(&b);
-  {
-    size_t len;
-    const char *sts = lua_tolstring(L, -1, &len);
-    hexlen = kf_scheme_digest(s, sts, len, secret, slen, hex, err);
-  }
-  if (hexlen < 0) return luaL_error(L, "%s: %s", who, err);
+  hexlen = kf_scheme_digest(s, sts, len, secret, slen, hex, err);
+  if (hexlen < 0) return luaL_error(L, "kaifang.%s: %s", s->name, err);
   lua_pushlstring(L, hex, (size_t)hexlen);
-  lua_insert(L, -2);
+  if (sign_only) return 1;
+  lua_pushlstring(L, sts, len);
   return 2;
 }
 
@@ -204,24 +232,52 @@ static int push_digest(lua_State *L, const unsigned char *raw, int len, int fmt_
   return 1;
 }
 
+/* The digest alg, fetched the first time it is asked for and kept in the cache that is the
+ * function's upvalue (a name lookup per call costs more than MD5 of a short string). Raises on
+ * an unknown name. */
+static kf_scheme *cached_digest(lua_State *L, int idx) {
+  kf_scheme *s;
+  char err[KF_ERRLEN];
+  const char *alg = kf_checkcstring(L, idx);
+  lua_pushvalue(L, idx);
+  lua_rawget(L, lua_upvalueindex(1));
+  s = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  if (s) return s;
+  s = kf_newuserdata(L, sizeof *s);
+  memset(s, 0, sizeof *s);
+  luaL_getmetatable(L, SIGNER_MT); /* its __gc frees the digest */
+  lua_setmetatable(L, -2);
+  if (kf_scheme_init(s, alg, err) != 0) {
+    luaL_argerror(L, idx, err);
+    return NULL;
+  }
+  s->shared = 1;
+  lua_pushvalue(L, idx);
+  lua_insert(L, -2);
+  lua_rawset(L, lua_upvalueindex(1));
+  return s;
+}
+
 static int l_digest(lua_State *L) {
   size_t len;
-  const char *alg = kf_checkcstring(L, 1), *data = luaL_checklstring(L, 2, &len);
+  kf_scheme *s = cached_digest(L, 1);
+  const char *data = luaL_checklstring(L, 2, &len);
   unsigned char out[KF_MAX_DIGEST];
   char err[KF_ERRLEN];
-  int n = kf_digest(alg, 0, NULL, 0, data, len, out, err);
-  if (n < 0) return luaL_argerror(L, 1, err);
+  int n = kf_scheme_raw(s, 0, NULL, 0, data, len, out, err);
+  if (n < 0) return luaL_error(L, "kaifang.core.digest: %s", err);
   return push_digest(L, out, n, 3);
 }
 
 static int l_hmac(lua_State *L) {
   size_t klen, len;
-  const char *alg = kf_checkcstring(L, 1), *key = luaL_checklstring(L, 2, &klen);
-  const char *data = luaL_checklstring(L, 3, &len);
+  kf_scheme *s = cached_digest(L, 1);
+  const char *key = luaL_checklstring(L, 2, &klen), *data = luaL_checklstring(L, 3, &len);
   unsigned char out[KF_MAX_DIGEST];
   char err[KF_ERRLEN];
-  int n = kf_digest(alg, 1, key, klen, data, len, out, err);
-  if (n < 0) return luaL_argerror(L, 1, err);
+  int n = kf_scheme_raw(s, 1, key, klen, data, len, out, err);
+  if (n < 0) return luaL_error(L, "kaifang.core.hmac: %s", err);
   return push_digest(L, out, n, 4);
 }
 
@@ -337,38 +393,21 @@ static int l_url_encode(lua_State *L) {
 
 /* core.form_encode(params): sorted keys, so the body is reproducible byte for byte. */
 static int l_form_encode(lua_State *L) {
-  size_t n = 0, i;
-  kf_pair *pairs;
-  luaL_Buffer b;
+  kf_pair stack_pairs[MAX_STACK_PAIRS], *pairs = stack_pairs, *stack_order[2 * MAX_STACK_PAIRS], **order = stack_order;
+  size_t n, i, total = 0, len = 0;
+  char stack_out[MAX_STACK_STS], *out = stack_out;
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
-  lua_pushnil(L);
-  while (lua_next(L, 1)) {
-    n++;
-    lua_pop(L, 1);
-  }
-  pairs = kf_newuserdata(L, (n ? n : 1) * sizeof *pairs); /* slot 2 */
-  n = 0;
-  lua_pushnil(L);
-  while (lua_next(L, 1)) {
-    kf_pair *p = &pairs[n];
-    if (lua_type(L, -2) != LUA_TSTRING)
-      return luaL_error(L, "kaifang.core.form_encode: parameter names must be strings, got %s", luaL_typename(L, -2));
-    p->key = lua_tolstring(L, -2, &p->klen);
-    p->val = param_value(L, -1, p->key, "kaifang.core.form_encode", p->num, &p->vlen);
-    p->val = p->val == p->num ? NULL : p->val ? p->val : "";
-    n++;
-    lua_pop(L, 1);
-  }
-  kf_sort_pairs(pairs, n);
-  luaL_buffinit(L, &b);
+  n = collect_pairs(L, 1, NULL, "kaifang.core.", "form_encode", 1, &pairs, &order, &total);
+  if (total > sizeof stack_out) out = kf_newuserdata(L, total);
   for (i = 0; i < n; i++) {
-    if (i) luaL_addchar(&b, '&');
-    add_encoded(&b, pairs[i].key, pairs[i].klen);
-    luaL_addchar(&b, '=');
-    add_encoded(&b, kf_pair_value(&pairs[i]), pairs[i].vlen);
+    const kf_pair *p = order[i];
+    if (i) out[len++] = '&';
+    len += kf_url_encode(p->key, p->klen, out + len);
+    out[len++] = '=';
+    len += kf_url_encode(kf_pair_value(p), p->vlen, out + len);
   }
-  luaL_pushresult(&b);
+  lua_pushlstring(L, out, len);
   return 1;
 }
 
@@ -567,10 +606,9 @@ static void add_header(lua_State *L, kf_http *h, const char *name, size_t nlen, 
 }
 
 /* Lower-cased names; a repeated header's values are joined with ", ". */
-static void push_headers(lua_State *L, const kf_buf *head) {
-  const char *p = head->data, *end = head->data + head->len;
+static void push_headers(lua_State *L, const char *p, size_t len) {
+  const char *end = p + len;
   lua_newtable(L);
-  if (p == NULL) return;
   while (p < end) {
     const char *eol = memchr(p, '\n', (size_t)(end - p)), *colon;
     if (eol == NULL) eol = end;
@@ -599,6 +637,27 @@ static void push_headers(lua_State *L, const kf_buf *head) {
     }
     p = eol + 1;
   }
+}
+
+/* A response's headers become a table only when res.headers is first read (most callers never
+ * read them): until then the raw block waits in the response under this key. */
+static const char raw_headers_key = 0;
+#define RAW_HEADERS ((void *)&raw_headers_key)
+
+static int response_index(lua_State *L) {
+  size_t len = 0;
+  const char *raw;
+  if (lua_type(L, 2) != LUA_TSTRING || strcmp(lua_tostring(L, 2), "headers") != 0) return 0;
+  lua_pushlightuserdata(L, RAW_HEADERS);
+  lua_rawget(L, 1);
+  raw = lua_tolstring(L, -1, &len);
+  push_headers(L, raw ? raw : "", len);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, 1, "headers"); /* rawset: the table has no __newindex */
+  lua_pushlightuserdata(L, RAW_HEADERS);
+  lua_pushnil(L);
+  lua_rawset(L, 1);
+  return 1;
 }
 
 static int transport_error(lua_State *L, const kf_result *r) {
@@ -643,10 +702,7 @@ static void prepare_request(lua_State *L, kf_http *h, int idx) {
   body = lua_tolstring(L, -1, &bodylen);
   timeout_ms = opt_ms(L, idx, "timeout", 0);
   lua_getfield(L, idx, "headers");
-  if (h->req_headers) { /* left over from a request whose header building raised */
-    curl_slist_free_all(h->req_headers);
-    h->req_headers = NULL;
-  }
+  h->next_lines.len = 0; /* what a request whose header building raised left */
   if (!lua_isnil(L, -1)) {
     int t = lua_gettop(L);
     if (!lua_istable(L, t)) luaL_error(L, "kaifang.http: 'headers' must be a table");
@@ -673,10 +729,13 @@ static int push_result(lua_State *L, kf_http *h, const kf_result *r) {
   lua_createtable(L, 0, 3);
   lua_pushinteger(L, r->status);
   lua_setfield(L, -2, "status");
-  push_headers(L, &h->head);
-  lua_setfield(L, -2, "headers");
+  lua_pushlightuserdata(L, RAW_HEADERS);
+  lua_pushlstring(L, h->head.data ? h->head.data : "", h->head.len);
+  lua_rawset(L, -3);
   lua_pushlstring(L, h->body.data ? h->body.data : "", h->body.len);
   lua_setfield(L, -2, "body");
+  luaL_getmetatable(L, RESPONSE_MT);
+  lua_setmetatable(L, -2);
   return 1;
 }
 
@@ -759,7 +818,7 @@ static int l_multi_submit(lua_State *L) {
     return 1;
   }
   slot = b->idle[b->nidle - 1];
-  if (kf_http_configure(&b->m.slots[slot], o) != 0) return luaL_error(L, "kaifang.multi: out of memory");
+  if (kf_multi_slot(&b->m, slot, o) == NULL) return luaL_error(L, "kaifang.multi: out of memory");
   prepare_request(L, &b->m.slots[slot], 2);
   if (kf_multi_start(&b->m, slot) != 0) return luaL_error(L, "kaifang.multi: could not start a transfer");
   b->nidle--;
@@ -883,8 +942,7 @@ static const luaL_Reg multi_methods[] = {{"submit", l_multi_submit}, {"wait", l_
                                          {"close", multi_gc}, {NULL, NULL}};
 
 static const luaL_Reg functions[] = {
-    {"signer", l_signer},           {"digest", l_digest},
-    {"hmac", l_hmac},               {"aes_encrypt", l_aes_encrypt},
+    {"signer", l_signer},           {"aes_encrypt", l_aes_encrypt},
     {"aes_decrypt", l_aes_decrypt}, {"base64_encode", l_base64_encode},
     {"base64_decode", l_base64_decode}, {"hex_encode", l_hex_encode},
     {"hex_decode", l_hex_decode},   {"ct_equal", l_ct_equal},
@@ -912,7 +970,17 @@ int luaopen_kaifang_core(lua_State *L) {
   lua_setfield(L, -2, "__tostring");
   lua_pop(L, 1);
   kf_newclass(L, MULTI_MT, multi_methods, multi_gc);
+  luaL_newmetatable(L, RESPONSE_MT);
+  lua_pushcfunction(L, response_index);
+  lua_setfield(L, -2, "__index");
+  lua_pop(L, 1);
   kf_newlib(L, functions);
+  lua_newtable(L); /* digests by name, fetched once, shared by core.digest and core.hmac */
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, l_digest, 1);
+  lua_setfield(L, -3, "digest");
+  lua_pushcclosure(L, l_hmac, 1);
+  lua_setfield(L, -2, "hmac");
   kf_store_register(L); /* file and Redis primitives of the token stores (store.c) */
   kf_sqlite_register(L); /* the batch journal's database (sqlite.c) */
   kf_signals_register(L); /* Ctrl-C held while a batch stops cleanly (signals.c) */

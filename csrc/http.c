@@ -71,7 +71,7 @@ void kf_share_release(kf_share *s) {
 static int buf_append(kf_buf *b, const char *data, size_t len, size_t limit) {
   if (b->len + len > limit) return -1;
   if (b->len + len + 1 > b->cap) {
-    size_t cap = b->cap ? b->cap : 4096;
+    size_t cap = b->cap ? b->cap : 256; /* a platform's reply is short; per slot of a batch */
     char *p;
     while (cap < b->len + len + 1) cap *= 2;
     p = realloc(b->data, cap);
@@ -91,8 +91,12 @@ static size_t on_body(char *ptr, size_t size, size_t nmemb, void *ud) {
 }
 
 /* The request body goes out through a read callback that cannot seek back once bytes left:
- * libcurl then cannot silently resend a request on a fresh connection after a reused one died
- * (it does that for POSTFIELDS), which would deliver a notice or an order twice. */
+ * libcurl then cannot silently resend a request on a fresh connection after a reused one died,
+ * which would deliver a notice or an order twice. CURLOPT_POSTFIELDS would save 2-6 us of CPU
+ * per call (issue 13), but libcurl before 8.7 resends such a body on a dead reused connection
+ * even after bytes of it left; Debian bookworm has 7.88. This can change once the oldest libcurl
+ * kaifang supports is 8.7 or later, after checking that it no longer resends a request whose
+ * bytes reached the server. */
 static size_t on_read(char *ptr, size_t size, size_t nmemb, void *ud) {
   kf_http *h = ud;
   size_t n = h->out.len - h->out_pos;
@@ -223,6 +227,8 @@ int kf_http_configure(kf_http *h, const kf_http_opts *o) {
 void kf_http_free(kf_http *h) {
   if (h->easy) curl_easy_cleanup(h->easy);
   if (h->req_headers) curl_slist_free_all(h->req_headers);
+  free(h->req_lines.data);
+  free(h->next_lines.data);
   free(h->body.data);
   free(h->head.data);
   free(h->out.data);
@@ -231,9 +237,37 @@ void kf_http_free(kf_http *h) {
 }
 
 int kf_http_add_header(kf_http *h, const char *line) {
-  struct curl_slist *l = curl_slist_append(h->req_headers, line);
-  if (l == NULL) return -1;
-  h->req_headers = l;
+  return buf_append(&h->next_lines, line, strlen(line) + 1, (size_t)-1);
+}
+
+/* The list of the lines added since the last request: the last request's list when they are the
+ * same (no allocation), else a new one. 0, or -1 when out of memory. */
+static int set_headers(kf_http *h) {
+  kf_buf *next = &h->next_lines, *last = &h->req_lines;
+  struct curl_slist *list = NULL;
+  size_t at = 0;
+  if (h->req_headers && next->len == last->len && memcmp(next->data, last->data, next->len) == 0) {
+    next->len = 0;
+    return 0;
+  }
+  while (at < next->len) {
+    struct curl_slist *l = curl_slist_append(list, next->data + at);
+    if (l == NULL) {
+      curl_slist_free_all(list);
+      next->len = 0;
+      return -1;
+    }
+    list = l;
+    at += strlen(next->data + at) + 1;
+  }
+  curl_slist_free_all(h->req_headers); /* between transfers: the handle holds it until the next setopt */
+  h->req_headers = list;
+  { /* the lines just sent become the ones to compare with */
+    kf_buf t = *last;
+    *last = *next;
+    *next = t;
+    next->len = 0;
+  }
   return 0;
 }
 
@@ -244,7 +278,7 @@ int kf_http_prepare(kf_http *h, const char *method, const char *url, const char 
   h->body.len = h->head.len = 0;
   h->errbuf[0] = '\0';
   /* no "Expect: 100-continue" round trip on larger bodies */
-  kf_http_add_header(h, "Expect:");
+  if (kf_http_add_header(h, "Expect:") != 0 || set_headers(h) != 0) return -1;
   curl_easy_setopt(e, CURLOPT_URL, url);
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, h->req_headers);
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, h->connect_timeout_ms);
@@ -284,9 +318,6 @@ void kf_http_finish(kf_http *h, CURLcode code, kf_result *r) {
   long request_size = 0;
   memset(r, 0, sizeof *r);
   r->code = code;
-  curl_easy_setopt(e, CURLOPT_HTTPHEADER, NULL);
-  curl_slist_free_all(h->req_headers);
-  h->req_headers = NULL;
   curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &r->status);
   curl_easy_getinfo(e, CURLINFO_PRETRANSFER_TIME_T, &pretransfer);
   curl_easy_getinfo(e, CURLINFO_REQUEST_SIZE, &request_size);
@@ -311,7 +342,6 @@ void kf_http_perform(kf_http *h, const char *method, const char *url, const char
 /* ---- many transfers at once on one connection pool ---------------------------------------- */
 
 int kf_multi_init(kf_multi *m, int slots, const kf_http_opts *o, char *err, size_t errlen) {
-  int i;
   memset(m, 0, sizeof *m);
   m->multi = curl_multi_init();
   m->slots = calloc((size_t)slots, sizeof *m->slots);
@@ -322,12 +352,6 @@ int kf_multi_init(kf_multi *m, int slots, const kf_http_opts *o, char *err, size
     return -1;
   }
   m->nslots = slots;
-  for (i = 0; i < slots; i++) {
-    if (kf_http_init(&m->slots[i], o, err, errlen) != 0) {
-      kf_multi_free(m);
-      return -1;
-    }
-  }
   /* keep every connection of the batch alive between transfers, and the shared pool's others */
   curl_multi_setopt(m->multi, CURLMOPT_MAXCONNECTS, (long)slots + POOL_IDLE);
   curl_multi_setopt(m->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
@@ -345,6 +369,13 @@ void kf_multi_free(kf_multi *m) {
   free(m->slots);
   free(m->done);
   memset(m, 0, sizeof *m);
+}
+
+kf_http *kf_multi_slot(kf_multi *m, int slot, const kf_http_opts *o) {
+  kf_http *h = &m->slots[slot];
+  char err[128];
+  if (h->easy == NULL) return kf_http_init(h, o, err, sizeof err) == 0 ? h : NULL;
+  return kf_http_configure(h, o) == 0 ? h : NULL;
 }
 
 int kf_multi_start(kf_multi *m, int slot) {

@@ -34,7 +34,9 @@ typedef struct kf_http_opts {
 typedef struct kf_http {
   CURL *easy;
   kf_http_opts opts;        /* its own copy of the settings it was made with */
-  struct curl_slist *req_headers;
+  struct curl_slist *req_headers; /* of the last request, kept: most requests send the same */
+  kf_buf req_lines;         /* their lines, each ending in a NUL */
+  kf_buf next_lines;        /* the lines added for the next request */
   kf_buf body, head;
   kf_buf out;               /* the request body being sent */
   size_t out_pos;
@@ -69,7 +71,7 @@ void kf_http_free(kf_http *h);
  * when out of memory. */
 int kf_http_configure(kf_http *h, const kf_http_opts *o);
 
-/* Adds a request header ("Name: value"); returns 0 or -1 when out of memory. */
+/* Adds a request header ("Name: value") to the next request; returns 0 or -1 when out of memory. */
 int kf_http_add_header(kf_http *h, const char *line);
 /* Performs the request with the headers added since the last call; timeout_ms <= 0 means the
  * session's default. The response body and raw headers are in h->body and h->head. */
@@ -82,8 +84,12 @@ int kf_http_prepare(kf_http *h, const char *method, const char *url, const char 
                     long timeout_ms);
 void kf_http_finish(kf_http *h, CURLcode code, kf_result *r);
 
+/* Slots get their easy handle on first use (kf_multi_slot): a batch wider than its work costs
+ * only the slots it used. */
 int kf_multi_init(kf_multi *m, int slots, const kf_http_opts *o, char *err, size_t errlen);
 void kf_multi_free(kf_multi *m);
+/* The slot, with its easy handle made and given settings o; NULL when out of memory. */
+kf_http *kf_multi_slot(kf_multi *m, int slot, const kf_http_opts *o);
 /* Starts the prepared request of a free slot. */
 int kf_multi_start(kf_multi *m, int slot);
 /* Runs transfers until one is done or timeout_ms passes; returns how many are done, or -1. */

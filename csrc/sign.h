@@ -4,6 +4,7 @@
 #define KAIFANG_SIGN_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <openssl/evp.h>
 
@@ -15,6 +16,7 @@
 typedef struct kf_pair {
   const char *key;
   size_t klen;
+  uint64_t head;   /* the key's first 8 bytes, big-endian (kf_sort_pairs sets it) */
   const char *val; /* NULL: the value is in num, which moves with the pair when sorted */
   size_t vlen;
   char num[40];    /* a number value formatted as the platform writes it */
@@ -25,6 +27,7 @@ static inline const char *kf_pair_value(const kf_pair *p) { return p->val ? p->v
 typedef struct kf_scheme {
   char name[KF_MAX_NAME];             /* for error messages: "lingdian" */
   char exclude[KF_MAX_EXCLUDE][KF_MAX_NAME];
+  size_t exclude_len[KF_MAX_EXCLUDE]; /* set with each name: no strlen per parameter */
   int nexclude;
   int drop_empty;
   int hmac;                           /* the secret is the HMAC key instead of a suffix */
@@ -45,8 +48,14 @@ int kf_scheme_excludes(const kf_scheme *s, const char *key, size_t klen);
 size_t kf_format_integer(long long v, char *out);
 size_t kf_format_float(double v, char *out);
 
-/* Sorts by raw key bytes. */
-void kf_sort_pairs(kf_pair *pairs, size_t n);
+/* Fills order with pointers to the n pairs, sorted by raw key bytes (the pairs stay in place);
+ * tmp holds n pointers too (scratch). */
+void kf_sort_pairs(kf_pair *pairs, size_t n, kf_pair **order, kf_pair **tmp);
+
+/* Raw digest (HMAC with key when hmac) of data into raw (KF_MAX_DIGEST bytes), with the scheme's
+ * digest; returns its length, or -1 with err set. */
+int kf_scheme_raw(kf_scheme *s, int hmac, const char *key, size_t klen, const char *data, size_t len,
+                  unsigned char *raw, char *err);
 
 /* Digest of the finished string-to-sign (for HMAC schemes the secret is the key), as hex into
  * out (2 * KF_MAX_DIGEST + 1 bytes). Returns the hex length, or -1 with err set. */

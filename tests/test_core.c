@@ -50,6 +50,7 @@ static void test_scheme(void) {
             strcmp(hex, "6dce2061b71512a98f1fdbdbf29ce566") == 0,
         "lingdian B vector");
   strcpy(s.exclude[0], "sign");
+  s.exclude_len[0] = 4;
   s.nexclude = 1;
   CHECK(kf_scheme_excludes(&s, "sign", 4) && !kf_scheme_excludes(&s, "sig", 3) && !kf_scheme_excludes(&s, "signs", 5),
         "excluded keys match whole names only");
@@ -60,7 +61,7 @@ static void test_scheme(void) {
 }
 
 static void test_sort_and_format(void) {
-  kf_pair p[5];
+  kf_pair p[5], *order[10];
   char buf[40];
   const char *keys[] = {"b", "a_b", "ab", "B", "a"};
   const char *want[] = {"B", "a", "a_b", "ab", "b"};
@@ -71,12 +72,28 @@ static void test_sort_and_format(void) {
     p[i].klen = strlen(keys[i]);
     p[i].vlen = kf_format_integer(i, p[i].num); /* the value lives in the pair and moves with it */
   }
-  kf_sort_pairs(p, 5);
-  for (i = 0; i < 5; i++) ok &= strcmp(p[i].key, want[i]) == 0;
+  kf_sort_pairs(p, 5, order, order + 5);
+  for (i = 0; i < 5; i++) ok &= strcmp(order[i]->key, want[i]) == 0;
   CHECK(ok, "keys sort by raw bytes");
-  CHECK(strcmp(kf_pair_value(&p[0]), "3") == 0 && strcmp(kf_pair_value(&p[4]), "0") == 0, "values move with keys");
+  CHECK(strcmp(kf_pair_value(order[0]), "3") == 0 && strcmp(kf_pair_value(order[4]), "0") == 0, "values go with keys");
   kf_format_integer(1099511627776LL, buf);
   CHECK(strcmp(buf, "1099511627776") == 0, "large integer");
+  CHECK(kf_format_integer(-9223372036854775807LL - 1, buf) == 20 && strcmp(buf, "-9223372036854775808") == 0,
+        "the smallest integer");
+  CHECK(kf_format_integer(0, buf) == 1 && strcmp(buf, "0") == 0, "zero");
+  {
+    /* past insertion sort's range: 40 keys given in reverse order */
+    kf_pair many[40], *sorted[80];
+    char names[40][16];
+    memset(many, 0, sizeof many);
+    for (i = 0; i < 40; i++) {
+      many[i].klen = (size_t)snprintf(names[i], sizeof names[i], "param_%02d", 39 - i); /* past 8 bytes */
+      many[i].key = names[i];
+    }
+    kf_sort_pairs(many, 40, sorted, sorted + 40);
+    for (ok = 1, i = 0; i < 40; i++) ok &= sorted[i] == &many[39 - i];
+    CHECK(ok, "many keys sort by raw bytes");
+  }
   kf_format_float(1.5, buf);
   CHECK(strcmp(buf, "1.5") == 0, "fraction");
 }

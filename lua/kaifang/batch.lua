@@ -50,7 +50,9 @@ local function source(calls)
       if call == nil then return nil end
     end
     i = i + 1
-    local item = { index = i, attempt = 0 }
+    -- the fields it will get, named so that the table is sized once (nil fields take no room)
+    local item = { index = i, attempt = 0, client = nil, name = nil, args = nil, ep = nil, acts = nil, key = nil,
+                   timeout = nil, deadline = nil, req = nil }
     if type(call) ~= "table" then
       item.err = argument_error(nil, "call " .. i .. " is not a table")
       return item
@@ -339,8 +341,9 @@ function M.run(calls, opts)
       if c.on_response then c.on_response(info) end
       item.info = nil
     end
-    local due = monotonic() + client.backoff(item.attempt, opts.backoff_base, opts.backoff_cap)
-    if value == nil and extra and extra.retryable and item.attempt < max_attempts and due < item.deadline then
+    local due = value == nil and extra and extra.retryable and item.attempt < max_attempts -- only then
+      and monotonic() + client.backoff(item.attempt, opts.backoff_base, opts.backoff_cap)
+    if due and due < item.deadline then
       summary.retries = summary.retries + 1
       item.due = due
       heap_push(waiting, item)

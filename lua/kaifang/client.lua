@@ -76,16 +76,29 @@ function M.unknown(what, name, known)
   return ("unknown %s '%s' (expected %s)"):format(what, name, table.concat(names, ", "))
 end
 
+-- A spec as a flat list of name, kind (without "!"), required: read once per spec, not per call.
+local compiled = setmetatable({}, { __mode = "k" })
+
+local function compile(spec)
+  local list = {}
+  for name, kind in pairs(spec) do
+    local required = kind:sub(-1) == "!"
+    list[#list + 1], list[#list + 2], list[#list + 3] = name, required and kind:sub(1, -2) or kind, required
+  end
+  compiled[spec] = list
+  return list
+end
+
 -- Returns nil, or a message naming the first bad parameter. Unknown names come first: a
 -- misspelt required parameter is reported as the typo it is, not as a missing one.
 function M.check_args(spec, args)
   if type(args) ~= "table" then return "expected a table of parameters, got " .. type(args) end
-  for name in pairs(args) do
+  for name in next, args do
     if spec[name] == nil then return M.unknown("parameter", name, spec) end
   end
-  for name, kind in pairs(spec) do
-    local required = kind:sub(-1) == "!"
-    if required then kind = kind:sub(1, -2) end
+  local list = compiled[spec] or compile(spec)
+  for i = 1, #list, 3 do
+    local name, kind, required = list[i], list[i + 1], list[i + 2]
     local value = args[name]
     if value == nil or (required and value == "") then
       if required then return "missing required parameter '" .. name .. "'" end
@@ -318,7 +331,7 @@ end
 -- secret masked, when the debug hook will print it. A module function for the same reason.
 function M.sign(self, params)
   local secret = secrets[self]
-  local signature, string_to_sign = sign.signer(self.platform):sign(params, secret)
+  local signature, string_to_sign = sign.signer(self.platform):sign(params, secret, not self.debug)
   params.sign = signature
   return self.debug and sign.mask(string_to_sign, secret) or nil
 end
@@ -469,16 +482,29 @@ local tointeger = math.tointeger or function(x)
 end
 M.tointeger = tointeger
 
--- cjson reads every JSON number as a float; codes and ids are integers (104, not 104.0).
-local function integers(v)
-  if type(v) == "number" then
-    return v == math.floor(v) and v >= -2^53 and v <= 2^53 and tointeger(v) or v
-  elseif type(v) == "table" then
-    for k, x in pairs(v) do
-      if type(x) == "number" or type(x) == "table" then v[k] = integers(x) end
+-- cjson reads every JSON number as a float; codes and ids are integers (104, not 104.0). LuaJIT
+-- has one number type: nothing to convert there.
+local integers = function(v) return v end
+if math.type then
+  local function walk(t)
+    for k, x in next, t do
+      local tx = type(x)
+      if tx == "number" then
+        local i = x >= -2^53 and x <= 2^53 and tointeger(x) -- nil for a fraction
+        if i then t[k] = i end
+      elseif tx == "table" then
+        walk(x)
+      end
     end
   end
-  return v
+  integers = function(v)
+    if type(v) == "table" then
+      walk(v)
+    elseif type(v) == "number" and v >= -2^53 and v <= 2^53 then
+      return tointeger(v) or v
+    end
+    return v
+  end
 end
 
 function M.json_decode(text)

@@ -67,8 +67,9 @@ end
 -- The parameters as sent: the caller's, the developer code, the interface's fixed type (signed
 -- and sent even where the document's body table leaves it out), the timestamp and the sign.
 function Lingdian:build_request(ep, args)
-  local params = {}
-  for k, v in pairs(args) do params[k] = v end
+  -- named in the constructor, so that the table is sized once (adding them one by one regrows it)
+  local params = { developer_code = nil, type = nil, timestamp = nil, sign = nil, tel = nil }
+  for k, v in next, args do params[k] = v end
   params.developer_code = self.developer_code
   if ep.developer_tel and (params.tel == nil or params.tel == "") then params.tel = self.developer_tel end
   params.type = ep.type
@@ -88,8 +89,9 @@ local function too_frequent(message)
 end
 
 -- cjson reads every number as a float: 13311112222 must come back as "13311112222".
+local tointeger = math.tointeger -- nil on LuaJIT
 local function phone_string(data)
-  if type(data) == "number" then return ("%.0f"):format(data) end
+  if type(data) == "number" then return tointeger and tointeger(data) and tostring(data) or ("%.0f"):format(data) end
   if type(data) == "string" and data ~= "" then return data end
   return nil
 end

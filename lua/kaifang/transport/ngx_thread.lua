@@ -58,6 +58,7 @@ function M.perform(key, opts, method, url, body, timeout, headers, deadline)
   end
   local ok, res, err = pcall(s.request, s, { method = method, url = url, body = body, timeout = timeout, headers = headers })
   if not ok then return "raise", tostring(res) end
+  -- res.headers, read here, is a plain table (the response's lazy metatable stays in this VM)
   if res then return "ok", res.status, res.body, res.headers end
   return "err", err
 end
