@@ -170,11 +170,12 @@ build/bench/sign_traverse.so: bench/sign_traverse.c
 	$(CC) $(CFLAGS) -std=c99 -fPIC $(WARN) $(LUA_CFLAGS) $(LDSHARED) -o $@ $<
 bench-tools: $(BENCH_TOOLS)
 bench: deps
-	@$(MAKE) --no-print-directory deps all bench-tools DEBIAN_PACKAGES="$(BENCH_PACKAGES)"
+	@$(MAKE) --no-print-directory deps all luajit bench-tools DEBIAN_PACKAGES="$(BENCH_PACKAGES)"
 	$(LUA) bench/sign.lua
 	$(LUA) bench/batch.lua
 	$(LUA) bench/memory.lua
 	$(LUA) bench/journal.lua
+	$(LUA) bench/nginx.lua
 	$(LUA) bench/tls.lua
 
 # also what `luarocks make` leaves in the checkout

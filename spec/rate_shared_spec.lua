@@ -1,10 +1,11 @@
 -- A shared rate limit: three processes send notices from clients of one Lingdian account with
 -- `rate = 100` held in one store (Redis, then a file on this machine); two send batches, one
--- single calls. From the times the sandbox recorded each notice: no 1-second window holds more
--- than 100 + 15%, and together they reach at least 90 a second. The margin is the arrival jitter:
--- the store hands out turns 10 ms apart, but on a loaded 2-core machine a process the scheduler
--- holds back 100 ms sends its turn late, into the next window (a limiter that leaked would show
--- hundreds: without one, the 360 notices go out in well under a second).
+-- single calls. From the times the processes handed each notice to their transport, after its
+-- turn came: no 1-second window holds more than 100 + 5%, and together they reach at least 90 a
+-- second; the sandbox received every one. Send times, not the sandbox's arrival times: the sandbox
+-- is one process serving all three, and on a loaded machine a pause of its own bunches what it
+-- records, which says nothing about the limiter (a limiter that leaked would show hundreds:
+-- without one, the 360 notices go out in well under a second).
 local cjson = require "cjson"
 local sandbox = require "kaifang.sandbox"
 local redis = require "spec.helpers.redis"
@@ -12,7 +13,7 @@ local shell = require "spec.helpers.shell"
 local spawn = require "spec.helpers.spawn"
 
 local RATE, PER_PROCESS = 100, 120
-local MOST = RATE + 15 -- see the top
+local MOST = RATE * 1.05
 local WORKER = spawn.dir .. "rate_worker.lua"
 
 describe("a client's rate shared by three processes", function()
@@ -36,14 +37,15 @@ describe("a client's rate shared by three processes", function()
     for i, mode in ipairs({ "batch", "batch", "single" }) do
       children[i] = spawn.spawn(WORKER, sb.url, kind, where, tostring(PER_PROCESS), kind .. i, mode, tostring(RATE))
     end
+    local times = {}
     for _, c in ipairs(children) do
       local lines = c.lines()
       local r = cjson.decode(lines[#lines])
       assert.are.same({}, r.errors)
       assert.are.equal(PER_PROCESS, r.ok)
+      for _, t in ipairs(r.sent) do times[#times + 1] = t end
     end
-    local times = {}
-    for i, rec in ipairs(sb:records("lingdian", "messages")) do times[i] = rec.time end
+    assert.are.equal(3 * PER_PROCESS, #sb:records("lingdian", "messages"))
     table.sort(times)
     assert.are.equal(3 * PER_PROCESS, #times)
     local most, j = 0, 1
@@ -52,8 +54,8 @@ describe("a client's rate shared by three processes", function()
       most = math.max(most, i - j + 1)
     end
     local overall = (#times - 1) / (times[#times] - times[1])
-    print(("\n[rate headline] %s store, 3 processes sharing %d calls/s: busiest 1-second window %d calls "
-      .. "(at most %d), %.1f calls/s overall over %.1f s"):format(kind, RATE, most, MOST, overall,
+    print(("\n[rate headline] %s store, 3 processes sharing %d calls/s: busiest 1-second window of sends %d calls "
+      .. "(at most %g), %.1f calls/s overall over %.1f s"):format(kind, RATE, most, MOST, overall,
       times[#times] - times[1]))
     assert.is_true(most <= MOST, most .. " calls in one second")
     assert.is_true(overall >= RATE * 0.9, overall .. " calls/s")
