@@ -426,6 +426,44 @@ static int l_form_encode(lua_State *L) {
   return 1;
 }
 
+#if LUA_VERSION_NUM >= 503
+/* Floats of t (and of the tables in it) that hold whole numbers within 2^53 become integers. */
+static void integers_in(lua_State *L, int t, int depth) {
+  luaL_checkstack(L, 3, "JSON nested too deep");
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    int tv = lua_type(L, -1);
+    if (tv == LUA_TNUMBER && !lua_isinteger(L, -1)) {
+      lua_Number x = lua_tonumber(L, -1);
+      if (x >= -9007199254740992.0 && x <= 9007199254740992.0 && x == floor(x)) {
+        lua_pushvalue(L, -2);
+        lua_pushinteger(L, (lua_Integer)x);
+        lua_rawset(L, t); /* an existing key: allowed while traversing */
+      }
+    } else if (tv == LUA_TTABLE && depth < 1000) {
+      integers_in(L, lua_gettop(L), depth + 1);
+    }
+    lua_pop(L, 1);
+  }
+}
+#endif
+
+/* core.integers(v) -> v, with whole floats as integers (cjson reads every number as a float: a
+ * code is 104, not 104.0); the walk once done in Lua, here for its cost per reply. On LuaJIT,
+ * which has one number type, v as it is. */
+static int l_integers(lua_State *L) {
+  lua_settop(L, 1);
+#if LUA_VERSION_NUM >= 503
+  if (lua_type(L, 1) == LUA_TTABLE) {
+    integers_in(L, 1, 0);
+  } else if (lua_type(L, 1) == LUA_TNUMBER && !lua_isinteger(L, 1)) {
+    lua_Number x = lua_tonumber(L, 1);
+    if (x >= -9007199254740992.0 && x <= 9007199254740992.0 && x == floor(x)) lua_pushinteger(L, (lua_Integer)x);
+  }
+#endif
+  return 1;
+}
+
 /* ---- clocks ------------------------------------------------------------------------------ */
 
 static int l_now(lua_State *L) {
@@ -962,7 +1000,7 @@ static const luaL_Reg functions[] = {
     {"base64_decode", l_base64_decode}, {"hex_encode", l_hex_encode},
     {"hex_decode", l_hex_decode},   {"ct_equal", l_ct_equal},
     {"random_hex", l_random_hex},   {"url_encode", l_url_encode},
-    {"form_encode", l_form_encode}, {"http", l_http},
+    {"form_encode", l_form_encode}, {"integers", l_integers}, {"http", l_http},
     {"multi", l_multi},
     {"now", l_now},                 {"monotonic", l_monotonic},
     {"sleep", l_sleep},             {"isatty", l_isatty},

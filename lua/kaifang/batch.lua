@@ -80,18 +80,16 @@ local Limiter = {}
 Limiter.__index = Limiter
 
 local function limiter(rate)
-  return setmetatable({ interval = rate and 1 / rate or 0, next_at = setmetatable({}, { __mode = "k" }) }, Limiter)
+  return setmetatable({ interval = 1 / rate, next_at = setmetatable({}, { __mode = "k" }) }, Limiter)
 end
 
 -- 0 when the client may start a request now, else the seconds to wait.
 function Limiter:wait(c, now)
-  if self.interval == 0 then return 0 end
   local at = self.next_at[c] or 0
   return at > now and at - now or 0
 end
 
 function Limiter:take(c, now)
-  if self.interval == 0 then return end
   local at = self.next_at[c] or now
   self.next_at[c] = math.max(at, now) + self.interval
 end
@@ -209,7 +207,7 @@ function M.run(calls, opts)
     end
   end
   local multi = core.multi{ concurrency = concurrency }
-  local limit = limiter(opts.rate)
+  local limit = opts.rate and limiter(opts.rate) -- nil without a rate: nothing to ask per call
   local inflight, active, waiting = {}, 0, {}
   local started = monotonic()
   local show = opts.progress and core.isatty(2)
@@ -306,7 +304,7 @@ function M.run(calls, opts)
       if c.on_request then c.on_request(item.info) end
     end
     req.signed = nil
-    limit:take(c, now)
+    if limit then limit:take(c, now) end
     item.req = req
     local session = curl.session_of(c.transport)
     if not session then -- the client's own transport (nginx's, or one of the caller's): in turn
@@ -368,7 +366,7 @@ function M.run(calls, opts)
       else
         -- its deadline runs from here: what it waits for the rate limits and its retries counts
         item.deadline = item.deadline or now + (item.timeout or item.client.timeout)
-        local w = limit:wait(item.client, now)
+        local w = limit and limit:wait(item.client, now) or 0
         if w > 0 then
           -- hold it (a retry goes back to its heap, a new item waits as pending)
           if item.due then heap_push(waiting, item) else pending = item end

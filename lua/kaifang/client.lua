@@ -482,30 +482,9 @@ local tointeger = math.tointeger or function(x)
 end
 M.tointeger = tointeger
 
--- cjson reads every JSON number as a float; codes and ids are integers (104, not 104.0). LuaJIT
--- has one number type: nothing to convert there.
-local integers = function(v) return v end
-if math.type then
-  local function walk(t)
-    for k, x in next, t do
-      local tx = type(x)
-      if tx == "number" then
-        local i = x >= -2^53 and x <= 2^53 and tointeger(x) -- nil for a fraction
-        if i then t[k] = i end
-      elseif tx == "table" then
-        walk(x)
-      end
-    end
-  end
-  integers = function(v)
-    if type(v) == "table" then
-      walk(v)
-    elseif type(v) == "number" and v >= -2^53 and v <= 2^53 then
-      return tointeger(v) or v
-    end
-    return v
-  end
-end
+-- cjson reads every JSON number as a float; codes and ids are integers (104, not 104.0): core
+-- turns the whole ones within 2^53 back (LuaJIT has one number type: nothing to convert there).
+local integers = core.integers
 
 function M.json_decode(text)
   local v, err = cjson.decode(text)
