@@ -79,6 +79,9 @@ int main(int argc, char **argv) {
     curl_easy_setopt(e, CURLOPT_URL, url);
     curl_easy_setopt(e, CURLOPT_PRIVATE, (void *)&slots[i]);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    /* as kaifang: no proxy, so libcurl does not read the environment's proxy variables per transfer */
+    curl_easy_setopt(e, CURLOPT_PROXY, "");
+    curl_easy_setopt(e, CURLOPT_USERAGENT, "kaifang/0.1"); /* kaifang's request bytes */
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, headers);
     curl_easy_setopt(e, CURLOPT_POST, 1L);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
