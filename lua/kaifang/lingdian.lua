@@ -64,9 +64,6 @@ function Lingdian:__tostring()
   return ("kaifang.lingdian{ developer_code = %q, base_url = %q }"):format(self.developer_code, self.base_url)
 end
 
--- every request's headers: one table, not one per call (transports only read it)
-local FORM = { ["Content-Type"] = "application/x-www-form-urlencoded" }
-
 -- The parameters as sent: the caller's, the developer code, the interface's fixed type (signed
 -- and sent even where the document's body table leaves it out), the timestamp and the sign.
 function Lingdian:build_request(ep, args)
@@ -81,7 +78,7 @@ function Lingdian:build_request(ep, args)
   return {
     method = "POST",
     url = self.base_url .. ep.path,
-    headers = FORM,
+    headers = { ["Content-Type"] = "application/x-www-form-urlencoded" },
     body = core.form_encode(params),
     signed = signed,
   }
