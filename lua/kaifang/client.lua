@@ -280,7 +280,6 @@ function M.new(Class, opts, fields)
   -- the account (developer_code, client_id, appid) names the client's calls in a journal and its rate
   self.account = self[fields.required[1]]
   M.rate(self, opts, 3)
-  self.slot_key = self.rate_key:sub(6) -- "<platform>:<account>@<base_url>": the account's slots in nginx
   local t, terr = transport.select(opts) -- explicit option, else nginx's or libcurl
   self.transport = t or fail(platform, terr, 3)
   return self
@@ -303,7 +302,9 @@ function M.rate(self, opts, level)
     if not rs then fail(self.platform, "option 'rate_store' unset: " .. why, level + 1) end
   end
   self.rate, self.rate_store = rate, rs
-  self.rate_key = ("rate:%s:%s@%s"):format(self.platform, tostring(self.account), self.base_url)
+  -- "<platform>:<account>@<base_url>": names the account's shared rate, and its slots in nginx
+  self.account_key = ("%s:%s@%s"):format(self.platform, tostring(self.account), self.base_url)
+  self.rate_key = "rate:" .. self.account_key
 end
 
 -- Reserves this client's next turn under its shared rate: -> seconds to wait (0 without a rate),
@@ -431,7 +432,7 @@ function Base:send(ep, req, deadline)
     if not wait then return nil, werr end
     if wait > 0 then transport.sleep(wait) end
   end
-  local slot = transport.slot(self.slot_key, self.concurrency, deadline)
+  local slot = transport.slot(self.account_key, self.concurrency, deadline)
   if slot == false then
     return nil, self:late("busy", ("waited %.1f s for one of the %d slots of %s account '%s' on this nginx worker, "
       .. "all held by calls still in flight (option 'concurrency')"):format(monotonic() - started, self.concurrency,
