@@ -11,7 +11,8 @@
 --   curl --parallel  the curl tool, fed the same signed request
 --   wrk              the same signed request (a Lua script checks the bodies)
 -- Server and client are pinned to separate cores (bench/common.lua); each case runs ROUNDS times,
--- interleaved, and prints the median and the spread. Writes build/bench/throughput.png (gnuplot):
+-- interleaved, and prints the median and the spread; for kaifang's cases and the C floor also
+-- the minor page faults per call (a heap given back to the kernel and faulted in again). Writes build/bench/throughput.png (gnuplot):
 -- requests per second, and client CPU per call below it.
 -- Run: make bench (or lua5.4 bench/batch.lua [N]; in the environment LEVELS="8 32", ROUNDS=3,
 -- SERVERS="nginx", CASES="kaifang.batch,core.multi")
@@ -57,10 +58,10 @@ local function signed(server)
 end
 
 local function in_process(fn)
-  local t0, c0 = core.monotonic(), bench.cpu()
+  local t0, c0, f0 = core.monotonic(), bench.cpu(), bench.minflt()
   fn()
-  local cpu, wall = bench.cpu() - c0, core.monotonic() - t0
-  return { rps = N / wall, cpu_us = cpu / N * 1e6 }
+  local cpu, wall, f1 = bench.cpu() - c0, core.monotonic() - t0, bench.minflt()
+  return { rps = N / wall, cpu_us = cpu / N * 1e6, faults = f0 and f1 and (f1 - f0) / N }
 end
 
 local runners = {}
@@ -105,9 +106,9 @@ runners["C floor"] = function(server, c)
     OUT .. "/floor.out")
   local out = io.open(OUT .. "/floor.out"):read("a")
   -- its own CPU time around the transfers, as in_process takes the others' (not its process's start)
-  local cpu = tonumber(out:match("^ok " .. N .. " failed 0 cpu ([%d.]+)"))
+  local cpu, faults = out:match("^ok " .. N .. " failed 0 cpu ([%d.]+) faults (%d+)")
   assert(cpu, "C floor: " .. out)
-  return { rps = N / wall, cpu_us = cpu / N * 1e6 }
+  return { rps = N / wall, cpu_us = tonumber(cpu) / N * 1e6, faults = tonumber(faults) / N }
 end
 
 runners["curl --parallel"] = function(server, c)
@@ -171,12 +172,15 @@ if not wrk_ok then print("wrk: not installed (make bench installs it)") end
 for _, server in ipairs(servers) do
   print()
   print(("server: %s"):format(server.name == "nginx" and "fixed-reply nginx (return 200 '" .. FIXED .. "')" or "kaifang sandbox"))
-  print(("%-12s %-16s %16s %22s"):format("concurrency", "client", "requests/s", "client CPU µs/call"))
+  print(("%-12s %-16s %16s %22s %14s"):format("concurrency", "client", "requests/s", "client CPU µs/call", "faults/call"))
   for _, c in ipairs(LEVELS) do
     local r = results[server.name][c]
     for _, name in ipairs(CASES) do
       local x = r[name]
-      if x then print(("%-12d %-16s %16s %20s"):format(c, name, bench.fmt(x.rps, x.rps_spread), bench.fmt(x.cpu_us, x.cpu_spread, 1))) end
+      if x then
+        print(("%-12d %-16s %16s %20s %14s"):format(c, name, bench.fmt(x.rps, x.rps_spread), bench.fmt(x.cpu_us, x.cpu_spread, 1),
+          x.faults and ("%.3f"):format(x.faults) or "-"))
+      end
     end
     -- the floor is the cheaper of the C loop and core.multi: where a run has kaifang's own C loop
     -- cheaper than the C floor, dividing by the floor alone would flatter kaifang

@@ -63,6 +63,19 @@ function M.client_prefix() return pinning.ok and ("taskset -c %d "):format(pinni
 -- This process's CPU seconds, user + sys (every thread; microsecond resolution).
 M.cpu = os.clock
 
+-- This process's minor page faults so far (/proc/self/stat's 10th field), or nil off Linux: a
+-- heap that glibc hands back to the kernel and takes again shows here, and costs CPU time.
+function M.minflt()
+  local f = io.open("/proc/self/stat")
+  if not f then return nil end
+  local stat = f:read("a")
+  f:close()
+  local rest = stat:match("%) (.*)$") -- after the command name, which may hold spaces
+  local fields = {}
+  for x in (rest or ""):gmatch("%S+") do fields[#fields + 1] = x end
+  return tonumber(fields[8]) -- state is field 3, minflt field 10
+end
+
 -- Runs cmd on the client's core -> output, CPU seconds (user + sys) of cmd and its children,
 -- wall seconds. bash's `times` reports what its children used.
 function M.run(cmd, outfile)
@@ -95,7 +108,7 @@ local function spread(xs)
 end
 M.spread = spread
 
--- cases: array of { name = , run = function() -> { rps = , cpu_us = } | nil (skipped) }.
+-- cases: array of { name = , run = function() -> { rps = , cpu_us = [, faults = per call] } | nil (skipped) }.
 -- Runs round 1 of every case, then round 2, ... (so a slow moment of the machine hits all cases
 -- alike) -> { [name] = { rps = median, rps_spread = , cpu_us = median, cpu_spread = , runs = {...} } }
 function M.rounds(cases, rounds)
@@ -112,9 +125,10 @@ function M.rounds(cases, rounds)
   end
   local out = {}
   for name, runs in pairs(got) do
-    local rps, cpu = {}, {}
-    for i, r in ipairs(runs) do rps[i], cpu[i] = r.rps, r.cpu_us end
-    out[name] = { rps = median(rps), rps_spread = spread(rps), cpu_us = median(cpu), cpu_spread = spread(cpu), runs = runs }
+    local rps, cpu, faults = {}, {}, {}
+    for i, r in ipairs(runs) do rps[i], cpu[i], faults[#faults + 1] = r.rps, r.cpu_us, r.faults end
+    out[name] = { rps = median(rps), rps_spread = spread(rps), cpu_us = median(cpu), cpu_spread = spread(cpu), runs = runs,
+                  faults = #faults == #runs and median(faults) or nil }
   end
   return out
 end
