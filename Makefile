@@ -13,8 +13,8 @@ LDSHARED    := -shared
 BUSTED      ?= $(LUA) /usr/bin/busted --ignore-lua
 OUT         ?= build/lib
 
-CORE_SRC  := csrc/core.c csrc/sign.c csrc/crypto.c csrc/http.c csrc/store.c csrc/sqlite.c csrc/signals.c
-CORE_HDR  := csrc/compat.h csrc/sign.h csrc/crypto.h csrc/http.h csrc/store.h csrc/sqlite.h csrc/signals.h
+CORE_SRC  := csrc/core.c csrc/sign.c csrc/crypto.c csrc/http.c csrc/store.c csrc/sqlite.c csrc/signals.c csrc/json.c
+CORE_HDR  := csrc/compat.h csrc/sign.h csrc/crypto.h csrc/http.h csrc/store.h csrc/sqlite.h csrc/signals.h csrc/json.h
 HTTPD_SRC := csrc/httpd.c csrc/certs.c
 CORE_SO   := $(OUT)/kaifang/core.so
 HTTPD_SO  := $(OUT)/kaifang/sandbox/httpd.so
@@ -22,7 +22,7 @@ HTTPD_SO  := $(OUT)/kaifang/sandbox/httpd.so
 DEBIAN_PACKAGES := lua5.4 liblua5.4-dev libcurl4-openssl-dev libssl-dev lua-cjson lua-busted \
                    lua-argparse lua-readline lua-socket libmicrohttpd-dev pkg-config gcc clang luarocks \
                    redis-server libhiredis-dev libsqlite3-dev sqlite3 libclang-rt-14-dev openssl \
-                   nginx-light libnginx-mod-http-lua libluajit2-5.1-dev luajit2
+                   nginx-light libnginx-mod-http-lua libluajit2-5.1-dev luajit2 locales
 
 export LUA_PATH  := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;
 export LUA_CPATH := $(CURDIR)/$(OUT)/?.so;;

@@ -32,7 +32,7 @@ build = {
   modules = {
     ["kaifang.core"] = {
       sources = { "csrc/core.c", "csrc/sign.c", "csrc/crypto.c", "csrc/http.c", "csrc/store.c", "csrc/sqlite.c",
-                  "csrc/signals.c" },
+                  "csrc/signals.c", "csrc/json.c" },
       incdirs = { "csrc", "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)", "$(HIREDIS_INCDIR)", "$(SQLITE_INCDIR)" },
       libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)", "$(HIREDIS_LIBDIR)", "$(SQLITE_LIBDIR)" },
       libraries = { "curl", "crypto", "hiredis", "sqlite3" },

@@ -12,6 +12,7 @@
 #include "compat.h"
 #include "crypto.h"
 #include "http.h"
+#include "json.h"
 #include "sign.h"
 #include "signals.h"
 #include "sqlite.h"
@@ -1000,7 +1001,8 @@ static const luaL_Reg functions[] = {
     {"base64_decode", l_base64_decode}, {"hex_encode", l_hex_encode},
     {"hex_decode", l_hex_decode},   {"ct_equal", l_ct_equal},
     {"random_hex", l_random_hex},   {"url_encode", l_url_encode},
-    {"form_encode", l_form_encode}, {"integers", l_integers}, {"http", l_http},
+    {"form_encode", l_form_encode}, {"integers", l_integers},
+    {"json_decode", kf_json_decode}, {"http", l_http},
     {"multi", l_multi},
     {"now", l_now},                 {"monotonic", l_monotonic},
     {"sleep", l_sleep},             {"isatty", l_isatty},
