@@ -98,7 +98,7 @@ asan:
 # fuzz/corpus/<name> for FUZZ_SECONDS each; what they find goes to build/fuzz (corpus, crashes).
 # `make test` runs each for 10 s; a crash or sanitizer report fails the target.
 FUZZ_SECONDS ?= 60
-FUZZERS      := codec aes signer form httpd
+FUZZERS      := codec aes signer form httpd json
 FUZZ_CC      := clang
 FUZZ_CFLAGS  := -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer \
                 -std=c99 -D_POSIX_C_SOURCE=200809L -Wall -Wextra -Werror -Icsrc -Ifuzz $(LUA_CFLAGS)
@@ -112,7 +112,8 @@ build/fuzz/fuzz_codec build/fuzz/fuzz_aes:
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< csrc/crypto.c -lcrypto
 build/fuzz/fuzz_signer: fuzz/fuzz_signer.c fuzz/common.h $(CORE_SRC) $(CORE_HDR)
 build/fuzz/fuzz_form: fuzz/fuzz_form.c fuzz/common.h $(CORE_SRC) $(CORE_HDR)
-build/fuzz/fuzz_signer build/fuzz/fuzz_form:
+build/fuzz/fuzz_json: fuzz/fuzz_json.c fuzz/common.h $(CORE_SRC) $(CORE_HDR)
+build/fuzz/fuzz_signer build/fuzz/fuzz_form build/fuzz/fuzz_json:
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ $< $(FUZZ_CORE)
 build/fuzz/fuzz_httpd: fuzz/fuzz_httpd.c fuzz/common.h $(HTTPD_SRC) csrc/compat.h csrc/certs.h
