@@ -84,6 +84,22 @@ describe("core.json_decode", function()
     for _, text in ipairs(VALID) do same_as_cjson('{"k":' .. text .. ',"n":{"k":' .. text .. "}}") end
   end)
 
+  -- around and past the room the decoder's tables start with
+  it("decodes arrays and objects of every size up to 40, at the top and 40 deep", function()
+    for n = 0, 40 do
+      local values, pairs_ = {}, {}
+      for i = 1, n do
+        values[i] = i % 3 == 0 and '"s' .. i .. '"' or i % 3 == 1 and tostring(i) or "[" .. i .. "]"
+        pairs_[i] = '"k' .. i % 37 .. '":' .. values[i] -- repeated keys past 37
+      end
+      local array, object = "[" .. table.concat(values, ",") .. "]", "{" .. table.concat(pairs_, ",") .. "}"
+      for _, doc in ipairs{ array, object, "[" .. array .. "," .. object .. "]" } do
+        same_as_cjson(doc)
+        same_as_cjson(("["):rep(40) .. doc .. (",1]"):rep(40))
+      end
+    end
+  end)
+
   it("reads codes and ids as integers and other numbers as floats", function()
     local v = decode('{"code":100,"message":"ok","data":13311112222}')
     assert.are.equal("integer", math.type(v.code))
@@ -179,9 +195,9 @@ describe("core.json_decode", function()
     if r == 5 then return random_number() end
     local t = {}
     if r == 6 then
-      for i = 1, rnd(6) - 1 do t[i] = random_value(depth + 1) end
+      for i = 1, rnd(rnd(4) == 1 and 40 or 6) - 1 do t[i] = random_value(depth + 1) end
     else
-      for _ = 1, rnd(6) - 1 do t[random_string()] = random_value(depth + 1) end
+      for _ = 1, rnd(rnd(4) == 1 and 40 or 6) - 1 do t[random_string()] = random_value(depth + 1) end
     end
     return t
   end
@@ -218,8 +234,11 @@ describe("core.json_decode", function()
     local chunk = [[
       local core, cjson = require "kaifang.core", require "cjson"
       cjson.encode_invalid_numbers(true)
+      cjson.encode_max_depth(2000)
       local docs = { '{"code":100,"message":"ok","data":13311112222}', "-0", "1e2", "1.5", "9007199254740993",
-                     "1e400", '[1,"\\ud83d\\ude00",null,true,{"a":[]}]', "[1,]" }
+                     "1e400", '[1,"\\ud83d\\ude00",null,true,{"a":[]}]', "[1,]",
+                     -- 1000 deep with 15 values before each: LuaJIT's stack holds at most 8000 slots
+                     ("[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,"):rep(999) .. "[]" .. ("]"):rep(999) }
       local out = {}
       for _, d in ipairs(docs) do
         local v, err = core.json_decode(d)
@@ -236,7 +255,7 @@ describe("core.json_decode", function()
     assert.is_true(p:close(), out)
     local lines = {}
     for line in out:gmatch("[^\n]+") do lines[#lines + 1] = line end
-    assert.are.equal(32, #lines, out)
+    assert.are.equal(36, #lines, out)
     for i = 1, #lines, 2 do assert.are.equal(lines[i + 1], lines[i], out) end
     assert.are.equal("-inf", lines[7]) -- -0 stays -0.0 there, as cjson gives it
   end)
