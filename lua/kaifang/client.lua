@@ -132,6 +132,9 @@ end
 -- whatever the platform's build_request/interpret need.
 function M.define(platform, endpoints)
   local Class = setmetatable({ platform = platform, endpoints = endpoints }, { __index = Base })
+  -- Base's methods copied in (every one is defined when this file loads): a call finds them in
+  -- one lookup, not two; the class's own, set after this, replace them
+  for k, v in pairs(Base) do Class[k] = v end
   Class.__index = Class
   Class.__name = "kaifang." .. platform
   for name, ep in pairs(endpoints) do
@@ -301,7 +304,7 @@ function M.rate(self, opts, level)
     rs, why = require("kaifang.store").default()
     if not rs then fail(self.platform, "option 'rate_store' unset: " .. why, level + 1) end
   end
-  self.rate, self.rate_store = rate, rs
+  self.rate, self.rate_store = rate or false, rs
   -- "<platform>:<account>@<base_url>": names the account's shared rate, and its slots in nginx
   self.account_key = ("%s:%s@%s"):format(self.platform, tostring(self.account), self.base_url)
   self.rate_key = "rate:" .. self.account_key
@@ -328,13 +331,32 @@ function M.secret(self)
   return secrets[self]
 end
 
+local signers = {} -- by platform: kaifang.sign's shared signer, without its lookup per call
+
 -- Sets params.sign in the platform's scheme with the client's secret. Returns the string-to-sign,
 -- secret masked, when the debug hook will print it. A module function for the same reason.
 function M.sign(self, params)
   local secret = secrets[self]
-  local signature, string_to_sign = sign.signer(self.platform):sign(params, secret, not self.debug)
+  local signer = signers[self.platform] or sign.signer(self.platform)
+  signers[self.platform] = signer
+  local signature, string_to_sign = signer:sign(params, secret, not self.debug)
   params.sign = signature
   return self.debug and sign.mask(string_to_sign, secret) or nil
+end
+
+-- base_url .. path, made once per client and path (a call's URL is otherwise a new string each time).
+function Base:url(path)
+  local urls = self.urls
+  if not urls or urls[1] ~= self.base_url then
+    urls = { self.base_url }
+    self.urls = urls
+  end
+  local url = urls[path]
+  if not url then
+    url = self.base_url .. path
+    urls[path] = url
+  end
+  return url
 end
 
 function Base:error(fields)
@@ -361,9 +383,10 @@ function M.hooks(self, opts)
   if debug and on_response then
     self.on_response = function(info) debug_hook(info); on_response(info) end
   else
-    self.on_response = debug and debug_hook or on_response
+    self.on_response = debug and debug_hook or on_response or false
   end
-  self.on_request, self.debug = opts.on_request, debug or nil
+  -- false, not nil: a field the client lacks is looked up in its class on every call
+  self.on_request, self.debug = opts.on_request or false, debug or false
 end
 
 function Base:request_info(ep, req, attempt)
@@ -530,6 +553,9 @@ function Base:coded_reply(ep, res, code_field, message_field)
   return nil, self:error{ kind = "platform", code = code, http_status = res.status,
                           message = type(message) == "string" and message or nil }
 end
+
+-- ZAFU's: whether a reply refused the request's token (the call was not acted on)
+Base.refused_token = false
 
 function Base:close()
   if self.transport.close then self.transport:close() end

@@ -148,7 +148,7 @@ function Dakashi:build_request(ep, args)
   local signed = client.sign(self, params)
   return {
     method = "POST",
-    url = self.base_url .. ep.path,
+    url = self:url(ep.path),
     headers = { ["Content-Type"] = "application/json" },
     body = json_object(params),
     signed = signed,

@@ -77,7 +77,7 @@ function Lingdian:build_request(ep, args)
   local signed = client.sign(self, params)
   return {
     method = "POST",
-    url = self.base_url .. ep.path,
+    url = self:url(ep.path),
     headers = { ["Content-Type"] = "application/x-www-form-urlencoded" },
     body = core.form_encode(params),
     signed = signed,

@@ -251,7 +251,7 @@ function Yopoint:build_request(ep, args)
   local signed = client.sign(self, params)
   return {
     method = "POST",
-    url = self.base_url .. M.GATEWAY,
+    url = self:url(M.GATEWAY),
     headers = { ["Content-Type"] = "application/x-www-form-urlencoded" },
     body = core.form_encode(params),
     signed = signed,
