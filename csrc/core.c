@@ -777,15 +777,18 @@ static void prepare_request(lua_State *L, kf_http *h, int idx) {
   lua_settop(L, top);
 }
 
-/* res | nil, err for a finished transfer */
-static int push_result(lua_State *L, kf_http *h, const kf_result *r) {
+/* res | nil, err for a finished transfer; without its headers (res.headers empty) unless
+ * with_headers */
+static int push_result(lua_State *L, kf_http *h, const kf_result *r, int with_headers) {
   if (r->code != CURLE_OK) return transport_error(L, r);
   lua_createtable(L, 0, 3);
   lua_pushinteger(L, r->status);
   lua_setfield(L, -2, "status");
-  lua_pushlightuserdata(L, RAW_HEADERS);
-  lua_pushlstring(L, h->head.data ? h->head.data : "", h->head.len);
-  lua_rawset(L, -3);
+  if (with_headers) {
+    lua_pushlightuserdata(L, RAW_HEADERS);
+    lua_pushlstring(L, h->head.data ? h->head.data : "", h->head.len);
+    lua_rawset(L, -3);
+  }
   lua_pushlstring(L, h->body.data ? h->body.data : "", h->body.len);
   lua_setfield(L, -2, "body");
   luaL_getmetatable(L, RESPONSE_MT);
@@ -799,7 +802,7 @@ static int l_http_request(lua_State *L) {
   kf_result r;
   prepare_request(L, h, 2);
   kf_http_finish(h, curl_easy_perform(h->easy), &r);
-  return push_result(L, h, &r);
+  return push_result(L, h, &r, 1);
 }
 
 static int l_http_close(lua_State *L) {
@@ -818,6 +821,7 @@ static int l_http_tostring(lua_State *L) {
 typedef struct lmulti {
   kf_multi m;
   int *idle, nidle; /* free slots */
+  int headers;      /* whether responses carry their headers */
 } lmulti;
 
 static lmulti *check_multi(lua_State *L) {
@@ -835,7 +839,8 @@ static int multi_gc(lua_State *L) {
   return 0;
 }
 
-/* core.multi{ concurrency = 32, ...session options } */
+/* core.multi{ concurrency = 32, headers = true, ...session options }; headers = false leaves
+ * each response's headers out (res.headers is empty), for a caller that never reads them. */
 static int l_multi(lua_State *L) {
   kf_http_opts o;
   lmulti *b;
@@ -847,10 +852,14 @@ static int l_multi(lua_State *L) {
   n = (int)luaL_optinteger(L, -1, 32);
   lua_pop(L, 1);
   if (n < 1 || n > 4096) return luaL_error(L, "kaifang.multi: 'concurrency' must be 1..4096");
+  lua_getfield(L, 1, "headers");
+  i = lua_isnil(L, -1) || lua_toboolean(L, -1); /* the headers, unless asked not to */
+  lua_pop(L, 1);
   b = kf_newuserdata(L, sizeof *b);
   memset(b, 0, sizeof *b);
   luaL_getmetatable(L, MULTI_MT);
   lua_setmetatable(L, -2);
+  b->headers = i;
   b->idle = malloc((size_t)n * sizeof *b->idle);
   if (b->idle == NULL) return luaL_error(L, "kaifang.multi: out of memory");
   if (kf_multi_init(&b->m, n, &o, err, sizeof err) != 0) return luaL_error(L, "kaifang.multi: %s", err);
@@ -906,7 +915,7 @@ static int l_multi_collect(lua_State *L) {
   kf_http_finish(h, h->last_code, &r);
   b->idle[b->nidle++] = slot;
   lua_pushinteger(L, slot + 1);
-  return 1 + push_result(L, h, &r);
+  return 1 + push_result(L, h, &r, b->headers);
 }
 
 static int l_multi_counts(lua_State *L) {

@@ -226,6 +226,7 @@ int kf_http_configure(kf_http *h, const kf_http_opts *o) {
   opts_free(&h->opts);
   h->opts = copy;
   curl_easy_reset(h->easy); /* back to libcurl's defaults (its CA bundle among them), then ours */
+  h->url.len = 0;
   setup(h);
   return 0;
 }
@@ -238,6 +239,7 @@ void kf_http_free(kf_http *h) {
   free(h->body.data);
   free(h->head.data);
   free(h->out.data);
+  free(h->url.data);
   opts_free(&h->opts);
   memset(h, 0, sizeof *h);
 }
@@ -285,7 +287,16 @@ int kf_http_prepare(kf_http *h, const char *method, const char *url, const char 
   h->errbuf[0] = '\0';
   /* no "Expect: 100-continue" round trip on larger bodies */
   if (kf_http_add_header(h, "Expect:") != 0 || set_headers(h) != 0) return -1;
-  curl_easy_setopt(e, CURLOPT_URL, url);
+  { /* most requests of a handle go to the URL of the last one: no copy then */
+    size_t len = strlen(url) + 1;
+    if (h->url.len != len || memcmp(h->url.data, url, len) != 0) {
+      h->url.len = 0;
+      if (buf_append(&h->url, url, len, (size_t)-1) != 0 || curl_easy_setopt(e, CURLOPT_URL, url) != CURLE_OK) {
+        h->url.len = 0;
+        return -1;
+      }
+    }
+  }
   curl_easy_setopt(e, CURLOPT_HTTPHEADER, h->req_headers);
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, h->connect_timeout_ms);
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms > 0 ? timeout_ms : h->timeout_ms);

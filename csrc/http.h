@@ -39,6 +39,7 @@ typedef struct kf_http {
   kf_buf next_lines;        /* the lines added for the next request */
   kf_buf body, head;
   kf_buf out;               /* the request body being sent */
+  kf_buf url;               /* the URL the easy handle holds (libcurl copies it on each setopt) */
   size_t out_pos;
   size_t max_body;
   long connect_timeout_ms, timeout_ms;

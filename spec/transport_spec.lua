@@ -213,6 +213,39 @@ describe("core.http transport", function()
       assert.are.equal(ra, rc)
     end)
 
+    it("sends each request to its own URL when a handle's URL repeats and changes (A, A, B, A)", function()
+      local s = core.http{ timeout = 5 }
+      local paths = {}
+      for i, path in ipairs{ "/a", "/a", "/b?x=1", "/a" } do
+        local res = assert(s:request{ method = "POST", url = echo.url .. path, body = "n=" .. i })
+        local seen = cjson.decode(res.body)
+        paths[i] = seen.path .. (seen.query ~= "" and seen.query and ("?" .. seen.query) or "") .. " " .. seen.body
+      end
+      s:close()
+      assert.are.same({ "/a n=1", "/a n=2", "/b?x=1 n=3", "/a n=4" }, paths)
+    end)
+
+    it("core.multi leaves the response headers out with headers = false, and keeps them by default", function()
+      for _, headers in ipairs{ false, true } do
+        local m = core.multi{ concurrency = 1, timeout = 5, headers = headers }
+        local got = {}
+        for i, path in ipairs{ "/m1", "/m1", "/m2", "/m1" } do
+          assert.are.equal(1, m:submit{ method = "POST", url = echo.url .. path, body = "i=" .. i })
+          while m:wait(1) == 0 do end
+          local slot, res, err = m:collect()
+          assert.are.equal(1, slot, tostring(err))
+          got[i] = cjson.decode(res.body).path
+          if headers then
+            assert.are.equal("application/json; charset=utf-8", res.headers["content-type"])
+          else
+            assert.are.same({}, res.headers)
+          end
+        end
+        m:close()
+        assert.are.same({ "/m1", "/m1", "/m2", "/m1" }, got)
+      end
+    end)
+
     it("does not carry one request's headers into the next", function()
       local s = core.http{ timeout = 5 }
       assert(s:request{ method = "GET", url = echo.url .. "/h1", headers = { ["X-Only-Once"] = "1" } })

@@ -206,7 +206,7 @@ function M.run(calls, opts)
       return summary
     end
   end
-  local multi = core.multi{ concurrency = concurrency }
+  local multi = core.multi{ concurrency = concurrency, headers = false } -- no interpret reads them
   local limit = opts.rate and limiter(opts.rate) -- nil without a rate: nothing to ask per call
   local inflight, active, waiting = {}, 0, {}
   local started = monotonic()
