@@ -12,8 +12,8 @@
 --   wrk              the same signed request (a Lua script checks the bodies)
 -- Server and client are pinned to separate cores (bench/common.lua); each case runs ROUNDS times,
 -- interleaved, and prints the median and the spread; for kaifang's cases and the C floor also
--- the minor page faults per call (a heap given back to the kernel and faulted in again). Writes build/bench/throughput.png (gnuplot):
--- requests per second, and client CPU per call below it.
+-- the minor page faults per call (a heap given back to the kernel and faulted in again). Writes
+-- build/bench/throughput.png (gnuplot): requests per second, and client CPU per call below it.
 -- Run: make bench (or lua5.4 bench/batch.lua [N]; in the environment LEVELS="8 32", ROUNDS=3,
 -- SERVERS="nginx", CASES="kaifang.batch,core.multi")
 local kaifang = require "kaifang"

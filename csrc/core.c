@@ -845,7 +845,7 @@ static int l_multi(lua_State *L) {
   kf_http_opts o;
   lmulti *b;
   char err[128];
-  int n, i;
+  int n, i, headers;
   read_http_opts(L, &o);
   o.share = share_of(L);
   lua_getfield(L, 1, "concurrency");
@@ -853,13 +853,13 @@ static int l_multi(lua_State *L) {
   lua_pop(L, 1);
   if (n < 1 || n > 4096) return luaL_error(L, "kaifang.multi: 'concurrency' must be 1..4096");
   lua_getfield(L, 1, "headers");
-  i = lua_isnil(L, -1) || lua_toboolean(L, -1); /* the headers, unless asked not to */
+  headers = lua_isnil(L, -1) || lua_toboolean(L, -1); /* the headers, unless asked not to */
   lua_pop(L, 1);
   b = kf_newuserdata(L, sizeof *b);
   memset(b, 0, sizeof *b);
   luaL_getmetatable(L, MULTI_MT);
   lua_setmetatable(L, -2);
-  b->headers = i;
+  b->headers = headers;
   b->idle = malloc((size_t)n * sizeof *b->idle);
   if (b->idle == NULL) return luaL_error(L, "kaifang.multi: out of memory");
   if (kf_multi_init(&b->m, n, &o, err, sizeof err) != 0) return luaL_error(L, "kaifang.multi: %s", err);

@@ -331,15 +331,11 @@ function M.secret(self)
   return secrets[self]
 end
 
-local signers = {} -- by platform: kaifang.sign's shared signer, without its lookup per call
-
 -- Sets params.sign in the platform's scheme with the client's secret. Returns the string-to-sign,
 -- secret masked, when the debug hook will print it. A module function for the same reason.
 function M.sign(self, params)
   local secret = secrets[self]
-  local signer = signers[self.platform] or sign.signer(self.platform)
-  signers[self.platform] = signer
-  local signature, string_to_sign = signer:sign(params, secret, not self.debug)
+  local signature, string_to_sign = sign.signer(self.platform):sign(params, secret, not self.debug)
   params.sign = signature
   return self.debug and sign.mask(string_to_sign, secret) or nil
 end
